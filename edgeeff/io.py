@@ -20,7 +20,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    # The temporary name keeps the final suffix, so a runtime can load it for verification first.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -48,3 +49,17 @@ def check_writable_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise OSError(f"output directory not writable: {path} ({exc.strerror}); pass --output with a writable folder") from exc
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`.lock, so two writers of one artifact take turns."""
+    import fcntl
+
+    lock_path = Path(path).with_name(f".{Path(path).name}.lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,74 @@
+"""The `edgeeff` command line: a thin layer over the Python API.
+
+Each command module imports its heavy dependencies (torch, converters) inside the command, so
+`edgeeff agent serve` and `edgeeff predict` start on a device that has only the runtimes.
+Exit codes: 0 success, 1 a step failed (export, verification, a gate), 2 invalid input or usage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from edgeeff.cli.common import EXIT_USAGE, handle_errors
+
+# (module, attribute) of each command; modules owned by other parts of the package.
+COMMANDS = (
+    ("edgeeff.cli.models", "models_command"),
+    ("edgeeff.cli.export", "export_command"),
+    ("edgeeff.cli.predict", "predict_command"),
+    ("edgeeff.cli.inspect", "inspect_command"),
+    ("edgeeff.cli.profile", "profile_command"),
+    ("edgeeff.cli.profile", "results_command"),
+    ("edgeeff.cli.profile", "agent_group"),
+    ("edgeeff.cli.qat", "qat_command"),
+    ("edgeeff.cli.select", "select_command"),
+    ("edgeeff.cli.check", "check_command"),
+)
+
+
+class EdgeeffGroup(click.Group):
+    """A click group that turns known errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        with handle_errors():
+            return super().invoke(ctx)
+
+
+@click.group(cls=EdgeeffGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeeff")
+@click.option("-v", "--verbose", is_flag=True, help="Show converter logs and tracebacks.")
+def cli(verbose: bool) -> None:
+    """edgeeff: EfficientNet from checkpoint to device (INT8, ExecuTorch, TFLite, ONNX)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    for module_name, attribute in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A command whose module is absent from this install (or not written yet) is left out.
+            if exc.name and exc.name.startswith("edgeeff.cli"):
+                continue
+            raise
+        command = getattr(module, attribute, None)
+        if command is not None:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted: no partial artifact was kept", err=True)
+        sys.exit(130)
+
+
+__all__ = ["EXIT_USAGE", "cli", "main"]

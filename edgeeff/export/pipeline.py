@@ -1,0 +1,263 @@
+"""The export pipeline: float model → (INT8) → artifact per target → verified → sidecar.
+
+Steps, in order:
+1. load the model (a checkpoint, or untrained weights that are flagged on every output);
+2. read calibration photos and a held-out split at the variant's resolution;
+3. compute the float model's logits on the held-out images as the reference;
+4. per target and precision: the backend writes a temporary file, the artifact is verified in
+   its own runtime, the sidecar is written, and only then the artifact takes its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgeeff.checkpoints import LoadedModel
+from edgeeff.data.calibration import CalibrationData, load_calibration
+from edgeeff.export.base import ARCHES, PRECISIONS, ExportDetails, ExportRequest
+from edgeeff.export.verify import FP32_TOLERANCE, verify_artifact
+from edgeeff.io import atomic_path, check_writable_dir, file_lock, write_json_atomic
+from edgeeff.models.counting import count_macs, count_params
+from edgeeff.runtime import SUFFIX_RUNTIME
+from edgeeff.sidecar import IMAGENET_LABELS, SCHEMA_VERSION, sidecar_path, tool_versions
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("executorch", "tflite", "onnx")
+SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
+RUNTIME = {target: SUFFIX_RUNTIME[suffix] for target, suffix in SUFFIX.items()}
+
+
+class ExportError(RuntimeError):
+    """An export or its verification failed; no artifact was left under the final name."""
+
+
+def _backend(target: str) -> Callable[[ExportRequest], ExportDetails]:
+    if target == "executorch":
+        from edgeeff.export.executorch import export_executorch
+        return export_executorch
+    if target == "tflite":
+        from edgeeff.export.tflite import export_tflite
+        return export_tflite
+    if target == "onnx":
+        from edgeeff.export.onnx import export_onnx
+        return export_onnx
+    raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)} or all")
+
+
+def parse_targets(value: str) -> list[str]:
+    """Parse 'all' or a comma-separated list of targets."""
+    if value.strip().lower() == "all":
+        return list(TARGETS)
+    targets = [t.strip().lower() for t in value.split(",") if t.strip()]
+    aliases = {"pte": "executorch", "et": "executorch", "litert": "tflite"}
+    targets = [aliases.get(t, t) for t in targets]
+    for t in targets:
+        if t not in TARGETS:
+            raise ValueError(f"unknown target {t!r}: use one of {', '.join(TARGETS)} or all")
+    if not targets:
+        raise ValueError("no target given: use --target executorch, tflite, onnx or all")
+    return list(dict.fromkeys(targets))
+
+
+def host_arch() -> str:
+    import platform
+
+    machine = platform.machine().lower()
+    return "arm" if machine.startswith(("arm", "aarch64")) else "x86"
+
+
+def artifact_name(loaded: LoadedModel, precision: str, target: str) -> str:
+    """Name an artifact by variant, resolution and precision, e.g. lite0-224px-int8.tflite."""
+    untrained = "" if loaded.trained else "-untrained"
+    return f"{loaded.variant.name}-{loaded.resolution}px-{precision}{untrained}{SUFFIX[target]}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def warm_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int = 8) -> None:
+    """Set BatchNorm statistics of an untrained model from real images.
+
+    Untrained BatchNorm layers have mean 0 and variance 1, so activation ranges bear no relation
+    to a trained network's and INT8 latency would be measured on unrealistic graphs.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all warm-up batches
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(torch.from_numpy(images[start:start + batch_size]))
+    model.eval()
+
+
+@torch.no_grad()
+def float_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    outs = [model(torch.from_numpy(images[i:i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+@dataclass
+class ExportOptions:
+    """Choices for one export run; the CLI fills these from its flags."""
+
+    targets: list[str]
+    precisions: list[str]
+    output: Path
+    calib: Path | None = None
+    calib_size: int = 300
+    verify_size: int = 16
+    arch: str | None = None
+    fp32_tolerance: float = FP32_TOLERANCE
+    seed: int = 0
+    command: str | None = None
+
+
+@dataclass
+class ArtifactRecord:
+    """One target × precision outcome: the artifact path and its sidecar, or the failure."""
+
+    target: str
+    precision: str
+    path: Path | None
+    sidecar: dict = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _model_metadata(loaded: LoadedModel) -> dict:
+    variant = loaded.variant
+    return {
+        "name": variant.name,
+        "family": variant.family,
+        "phi": variant.phi,
+        "width": variant.width,
+        "depth": variant.depth,
+        "resolution": variant.resolution,
+        "released": variant.released,
+        "params": count_params(loaded.model),
+        "macs": count_macs(loaded.model, variant.resolution),
+        "num_classes": loaded.num_classes,
+        "padding": loaded.model.config.padding,
+    }
+
+
+def _weights_metadata(loaded: LoadedModel) -> dict:
+    return {
+        "trained": loaded.trained,
+        "source": loaded.source,
+        "checkpoint": loaded.checkpoint,
+        "checkpoint_sha256": loaded.checkpoint_sha256,
+        "warning": None if loaded.trained else "UNTRAINED WEIGHTS: for latency work only, never for accuracy",
+    }
+
+
+def prepare_data(loaded: LoadedModel, options: ExportOptions, progress=None) -> CalibrationData:
+    data = load_calibration(options.calib, loaded.preprocessing, loaded.resolution, options.calib_size,
+                            options.verify_size, options.seed, progress)
+    if not loaded.trained:
+        warm_batchnorm(loaded.model, data.calibration)
+    return data
+
+
+def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray, target: str,
+               precision: str, options: ExportOptions, model_meta: dict) -> ArtifactRecord:
+    """Export, verify and publish one artifact; the final name appears only on success."""
+    final = options.output / artifact_name(loaded, precision, target)
+    arch = options.arch or host_arch()
+    started = time.perf_counter()
+    record = ArtifactRecord(target=target, precision=precision, path=None)
+    try:
+        with file_lock(final), atomic_path(final) as tmp:
+            request = ExportRequest(model=loaded.model, resolution=loaded.resolution, precision=precision,
+                                    path=tmp, calibration=data.calibration if precision == "int8" else None,
+                                    arch=arch)
+            details = _backend(target)(request)
+            export_seconds = time.perf_counter() - started
+            verification = verify_artifact(tmp, data.holdout, reference, precision, options.fp32_tolerance)
+            if not verification["passed"]:
+                raise ExportError(f"{target} {precision} verification failed: {verification.get('reason')}")
+            sidecar = {
+                "schema": SCHEMA_VERSION,
+                "artifact": final.name,
+                "sha256": sha256_of(tmp),
+                "size_bytes": tmp.stat().st_size,
+                "target": target,
+                "runtime": RUNTIME[target],
+                "precision": precision,
+                "arch": arch,
+                "model": model_meta,
+                "weights": _weights_metadata(loaded),
+                "labels": loaded.labels if loaded.labels else (IMAGENET_LABELS if loaded.num_classes == 1000 else None),
+                "preprocessing": loaded.preprocessing.to_dict(),
+                "input": {"name": "input", "shape": [1, 3, loaded.resolution, loaded.resolution],
+                          "layout": details.input_layout, "dtype": details.input_dtype},
+                "quantization": details.quantization,
+                "graph": details.graph,
+                "verification": {**verification, "holdout_source": data.source,
+                                 "calibration_images": len(data.calibration) if precision == "int8" else 0},
+                "export_seconds": round(export_seconds, 2),
+                "warnings": details.warnings + loaded.notes,
+                "tool_versions": tool_versions(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": options.command,
+            }
+            write_json_atomic(sidecar_path(final), sidecar)
+        record.path, record.sidecar = final, sidecar
+    except ExportError as exc:
+        record.error = str(exc)
+    except Exception as exc:  # converters raise many types; one target's failure must not stop the rest
+        log.debug("export failed", exc_info=True)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        record.error = f"{target} {precision} export failed: {type(exc).__name__}: {first_line}"
+    record.seconds = time.perf_counter() - started
+    return record
+
+
+def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
+                 on_record: Callable[[ArtifactRecord], None] | None = None) -> list[ArtifactRecord]:
+    """Export `loaded` to every requested target and precision; return one record each.
+
+    A failed target does not stop the others: its record carries the error and no file is
+    left under its final name.
+    """
+    for p in options.precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}: use fp32, int8 or both")
+    if options.arch is not None and options.arch not in ARCHES:
+        raise ValueError(f"unknown arch {options.arch!r}: use {' or '.join(ARCHES)}")
+    for target in options.targets:
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)} or all")
+    check_writable_dir(options.output)
+    data = prepare_data(loaded, options, progress)
+    reference = float_logits(loaded.model, data.holdout)
+    model_meta = _model_metadata(loaded)
+    records = []
+    for precision in options.precisions:
+        for target in options.targets:
+            record = export_one(loaded, data, reference, target, precision, options, model_meta)
+            records.append(record)
+            if on_record:
+                on_record(record)
+    return records
