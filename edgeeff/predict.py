@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeeff.data.images import open_rgb
 from edgeeff.data.preprocess import Preprocessing
-from edgeeff.runtime import open_runner
+from edgeeff.runtime import open_runner, runtime_for
 from edgeeff.sidecar import load_labels, read_sidecar
 
 
@@ -36,6 +36,7 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, thre
     artifact = Path(artifact)
     if not artifact.is_file():
         raise FileNotFoundError(f"artifact not found: {artifact}; pass a .pte, .tflite or .onnx file from edgeeff export")
+    runtime_for(artifact)  # rejects an unknown suffix before anything else is read
     sidecar = read_sidecar(artifact)
     if sidecar.get("sha256") and _sha256(artifact) != sidecar["sha256"]:
         raise ArtifactMismatch(f"{artifact} does not match its sidecar's sha256; the file was replaced: re-export it")

@@ -1,0 +1,5 @@
+"""Allow `python -m edgeeff`."""
+
+from edgeeff.cli import main
+
+main()
