@@ -1,7 +1,7 @@
 """Checkpoint layouts that edgeeff reads, and how their keys map onto edgeeff's names.
 
-Each format knows how to recognise its keys, rename them to edgeeff's module tree, and which
-padding, BatchNorm epsilon and preprocessing its models were trained with.
+Each format recognises its keys, renames them to edgeeff's module tree, and records the padding,
+BatchNorm epsilon and preprocessing its models were trained with.
 """
 
 from __future__ import annotations

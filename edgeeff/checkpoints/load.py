@@ -1,8 +1,8 @@
 """Load a trained checkpoint into an edgeeff model, or build an untrained one.
 
-Steps: read the file safely (weights only unless trusted), unwrap the state dict, detect the
-source layout, rename keys, infer or check the variant from tensor shapes, reject NaN or Inf
-weights, and attach the preprocessing the source library trained with.
+Steps: read the file safely (weights only unless trusted) and unwrap the state dict. Then detect
+the source layout, rename keys, and infer or check the variant from tensor shapes. Last, reject
+NaN or Inf weights and attach the preprocessing the source library trained with.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, to
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
-                f"refused to load {path}: it contains pickled Python objects that could run code; "
+                f"rejected {path}: it contains pickled Python objects that could run code; "
                 "re-save it as a state dict, or pass --trust-checkpoint if you trust its source") from exc
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({exc}); pass a .pt/.pth state dict") from exc
     except Exception as exc:  # torch.load raises KeyError, EOFError, RuntimeError... on non-checkpoints

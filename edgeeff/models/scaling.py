@@ -55,8 +55,8 @@ class Coefficients:
 def compound(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA) -> Coefficients:
     """Apply the compound scaling rule to φ and return the multipliers.
 
-    The resolution is rounded to a multiple of 8 so that every stride-2 stage of the network
-    sees an even size up to the last stage.
+    The resolution is rounded to a multiple of 8, which keeps feature maps even through the
+    first three stride-2 layers.
     """
     if phi < 0 or not math.isfinite(phi):
         raise ValueError(f"invalid phi {phi!r}: use a finite value >= 0, for example --phi 2.5")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from edgeeff.models import scaling
 
@@ -134,7 +134,7 @@ def formula_difference(variant: Variant) -> dict[str, tuple[float, float]]:
     """Compare a released variant with the pure compound formula at its φ.
 
     Returns {field: (table value, formula value)} for the fields that differ, so the CLI can
-    say where the official table departs from α^φ, β^φ, γ^φ.
+    show where the official table departs from α^φ, β^φ, γ^φ.
     """
     coeffs = scaling.compound(variant.phi)
     pairs = {
@@ -170,7 +170,6 @@ class ArchConfig:
     num_classes: int = 1000
     padding: str = "symmetric"  # "symmetric" (PyTorch k//2) or "same" (TensorFlow SAME)
     bn_eps: float = 1e-3
-    extra: dict = field(default_factory=dict)
 
 
 def arch_config(variant: Variant, num_classes: int = 1000, padding: str = "symmetric",
@@ -203,7 +202,7 @@ def arch_config(variant: Variant, num_classes: int = 1000, padding: str = "symme
             block_in = in_ch if r == 0 else out_ch
             # The SE bottleneck is sized from the block's input channels, not the expanded ones.
             se = 0 if lite else max(1, int(block_in * SE_RATIO))
-            # Stochastic depth grows linearly with block index, reaching the rate at the last.
+            # Stochastic depth grows linearly with block index, from 0 at the first block toward the rate.
             rate = drop_path_rate * len(blocks) / total
             blocks.append(BlockConfig(stage.expand_ratio, stage.kernel, stage.stride if r == 0 else 1,
                                       block_in, out_ch, se, rate))
