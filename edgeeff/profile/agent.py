@@ -98,8 +98,8 @@ def check_magic(path: Path, runtime: str) -> None:
     """Reject files that cannot be the format their suffix names, before any runtime parses them.
 
     TFLite and ExecuTorch files are FlatBuffers with the identifiers TFL3 and ET.. at byte 4.
-    ONNX is a protobuf without magic bytes, so only the first field tag is checked there and
-    the runtime catches the rest when it loads the file.
+    ONNX is a protobuf without magic bytes, so its top-level fields are walked instead: they
+    must parse and include a graph. The runtime catches the rest when it loads the file.
     """
     with open(path, "rb") as handle:
         head = handle.read(8)
@@ -107,11 +107,51 @@ def check_magic(path: Path, runtime: str) -> None:
         raise RequestError(400, "upload is not a TFLite model (no TFL3 identifier); send the .tflite file itself")
     if runtime == "executorch" and head[4:6] != b"ET":
         raise RequestError(400, "upload is not an ExecuTorch program (no ET identifier); send the .pte file itself")
-    if runtime == "onnxruntime":
-        tag = head[0] if head else 0
-        # A ModelProto starts with a field key: field number 1–20, wire type varint or length-delimited.
-        if not (1 <= tag >> 3 <= 20 and tag & 7 in (0, 2)):
-            raise RequestError(400, "upload is not an ONNX model (not a protobuf ModelProto); send the .onnx file itself")
+    if runtime == "onnxruntime" and not onnx_structure_ok(path):
+        raise RequestError(400, "upload is not an ONNX model (not a protobuf ModelProto with a graph); "
+                                "send the .onnx file itself")
+
+
+def _read_varint(handle) -> int | None:
+    value = shift = 0
+    while shift < 64:
+        byte = handle.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    return None
+
+
+def onnx_structure_ok(path: Path) -> bool:
+    """Walk the top-level protobuf fields of a ModelProto; return True when they parse and a graph is present."""
+    size = path.stat().st_size
+    has_graph = False
+    with open(path, "rb") as handle:
+        while handle.tell() < size:
+            key = _read_varint(handle)
+            if key is None:
+                return False
+            number, wire_type = key >> 3, key & 7
+            if not 1 <= number <= 100:
+                return False
+            if wire_type == 0:
+                if _read_varint(handle) is None:
+                    return False
+            elif wire_type == 2:
+                length = _read_varint(handle)
+                if length is None or handle.tell() + length > size:
+                    return False
+                handle.seek(length, os.SEEK_CUR)
+                # ModelProto.graph is field 7.
+                has_graph = has_graph or number == 7
+            elif wire_type in (1, 5):
+                handle.seek(8 if wire_type == 1 else 4, os.SEEK_CUR)
+            else:
+                return False
+    return has_graph
 
 
 class FailureLog:

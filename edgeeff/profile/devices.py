@@ -143,7 +143,13 @@ def resolve_profile(spec: str) -> DeviceProfile:
     """Turn a device spec into a profile: a built-in kind, a profile name, or a YAML path."""
     spec = (spec or "host").strip()
     if spec == "host":
-        return DeviceProfile(name="host")
+        # A host.yaml among the profile folders sets this machine's defaults and budget.
+        found = available_profiles().get("host")
+        profile = load_profile(found) if found else DeviceProfile(name="host")
+        if profile.kind != "host":
+            raise ValueError(f"device profile {found} is named host but connects by {profile.kind}; "
+                             "rename it or set connection: {type: host}")
+        return profile
     if spec.startswith("agent://"):
         return DeviceProfile(name=spec, connection={"type": "agent", "address": spec})
     if spec.startswith("adb:"):
