@@ -2,16 +2,20 @@
 
 The stand-in `adb` runs device commands on this machine, with the device's /data/local/tmp
 mapped into a test folder. The stand-in benchmark tools print the output formats of LiteRT
-`benchmark_model`, ExecuTorch `executor_runner` and `onnxruntime_perf_test` (taken from those
-tools' sources); the onnxruntime one really times the model with onnxruntime.
+`benchmark_model`, ExecuTorch `executor_runner` and `onnxruntime_perf_test`, taken from those
+tools' sources. The onnxruntime one also times the model with onnxruntime.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -29,6 +33,43 @@ def export_onnx(variant: str, resolution: int, path: Path) -> Path:
     torch.onnx.export(model, torch.zeros(1, 3, resolution, resolution), path, dynamo=True, external_data=False,
                       input_names=["input"], output_names=["logits"])
     return path
+
+
+_CACHE_DIR: Path | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def cached_onnx(variant: str, resolution: int) -> Path:
+    """Export once per test process and share the file between test modules (an export takes ~20 s)."""
+    global _CACHE_DIR
+    if _CACHE_DIR is None:
+        _CACHE_DIR = Path(tempfile.mkdtemp(prefix="edgeeff-profile-tests-"))
+        atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+    return export_onnx(variant, resolution, _CACHE_DIR / f"{variant}-{resolution}.onnx")
+
+
+@functools.lru_cache(maxsize=None)
+def cached_exports(resolution: int = 64) -> tuple:
+    """Export untrained B0 and Lite0 to all three formats (FP32) through the pipeline, once per test process.
+
+    Returns the pipeline's ArtifactRecords, failed ones included, so a test can show their errors.
+    """
+    from edgeeff.checkpoints import untrained_model
+    from edgeeff.export.pipeline import TARGETS, ExportOptions, export_model
+    from edgeeff.models import with_resolution
+
+    global _CACHE_DIR
+    if _CACHE_DIR is None:
+        _CACHE_DIR = Path(tempfile.mkdtemp(prefix="edgeeff-profile-tests-"))
+        atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+    records = []
+    for variant in ("b0", "lite0"):
+        loaded = untrained_model(variant)
+        loaded.variant = with_resolution(loaded.variant, resolution)
+        options = ExportOptions(targets=list(TARGETS), precisions=["fp32"], output=_CACHE_DIR / "formats",
+                                calib_size=8, verify_size=4)
+        records += export_model(loaded, options)
+    return tuple(records)
 
 
 def python_env(extra_path: Path | None = None) -> dict[str, str]:
@@ -67,7 +108,8 @@ class AgentProcess:
         raise RuntimeError(f"agent did not start; its log:\n{self.log_text()}")
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def alive(self) -> bool:

@@ -17,14 +17,14 @@ from edgeeff.cli.profile import profile_command, results_command
 from edgeeff.profile import (Artifact, Measurement, ProfileSettings, ResultsDatabase, ResultsDatabaseError,
                              host_info, load_profile, open_device, parse_target_rse, resolve_profile, to_csv)
 from edgeeff.profile.stats import relative_standard_error, summarize
-from profile_helpers import ROOT, export_onnx, python_env
+from profile_helpers import ROOT, cached_exports, cached_onnx, python_env
 
 RECIPES = ROOT / "recipes" / "devices"
 
 
 @pytest.fixture(scope="module")
-def b0_onnx(tmp_path_factory):
-    return export_onnx("b0", 64, tmp_path_factory.mktemp("host-onnx") / "b0-64.onnx")
+def b0_onnx():
+    return cached_onnx("b0", 64)
 
 
 def make_record(**overrides) -> Measurement:
@@ -43,7 +43,8 @@ def test_summarize_known_samples():
     samples = list(range(1, 101))
     summary = summarize(samples)
     assert summary["runs"] == 100
-    assert summary["min_ms"] == 1 and summary["max_ms"] == 100
+    assert summary["min_ms"] == 1
+    assert summary["max_ms"] == 100
     assert summary["median_ms"] == pytest.approx(50.5)
     assert summary["p90_ms"] == pytest.approx(90.1)
     assert summary["p99_ms"] == pytest.approx(99.01)
@@ -99,7 +100,8 @@ def test_host_info_fields():
 def test_recipe_profiles_load(name):
     profile = load_profile(RECIPES / f"{name}.yaml")
     assert profile.name == name
-    assert profile.budget_ms and profile.budget_ms > 0
+    assert profile.budget_ms is not None
+    assert profile.budget_ms > 0
     assert profile.kind in ("host", "agent", "adb")
     assert resolve_profile(name).source == RECIPES / f"{name}.yaml"
 
@@ -114,7 +116,8 @@ def test_pixel7_profile_binaries():
 def test_device_specs():
     assert resolve_profile("host").kind == "host"
     agent = resolve_profile("agent://10.0.0.2:8765")
-    assert agent.kind == "agent" and agent.connection["address"] == "agent://10.0.0.2:8765"
+    assert agent.kind == "agent"
+    assert agent.connection["address"] == "agent://10.0.0.2:8765"
     assert resolve_profile("adb:R58M123").connection["serial"] == "R58M123"
 
 
@@ -178,7 +181,8 @@ def test_database_csv(tmp_path):
     text = to_csv(database.query())
     header, row = text.strip().splitlines()
     assert header.split(",")[:3] == ["id", "created_at", "device_name"]
-    assert "Test CPU" in row and "b0.onnx" in row
+    assert "Test CPU" in row
+    assert "b0.onnx" in row
 
 
 def _write_records(path: str, writer: int, count: int) -> None:
@@ -258,11 +262,15 @@ def test_host_profile_onnx(b0_onnx):
     assert record.ok, record.error
     assert record.runtime == "onnxruntime"
     assert record.runtime_version == record.runtime_versions["onnxruntime"]
-    assert record.runs == 10 and record.warmup == 2 and record.threads == 1
+    assert record.runs == 10
+    assert record.warmup == 2
+    assert record.threads == 1
     assert record.input_shape == [1, 3, 64, 64]
-    assert record.load_ms > 0 and record.first_ms > 0
+    assert record.load_ms > 0
+    assert record.first_ms > 0
     assert 0 < record.min_ms <= record.median_ms <= record.p90_ms <= record.p99_ms <= record.max_ms
-    assert record.std_ms >= 0 and record.rse is not None
+    assert record.std_ms >= 0
+    assert record.rse is not None
     assert record.peak_rss_mb > record.baseline_rss_mb > 0
     assert record.artifact_bytes == b0_onnx.stat().st_size
     assert record.stop_reason == "runs"
@@ -311,9 +319,29 @@ def test_repeated_profiles_agree(b0_onnx):
     device = open_device("host")
     settings = ProfileSettings(threads=1, warmup=5, runs=40)
     first, second = (device.profile(Artifact.open(b0_onnx), settings) for _ in range(2))
-    assert first.ok and second.ok
+    assert first.ok, first.error
+    assert second.ok, second.error
     for a, b in ((first, second), (second, first)):
         assert a.min_ms <= b.median_ms <= a.p90_ms, (a.to_dict(), b.to_dict())
+
+
+@pytest.mark.slow
+def test_host_profiles_all_formats():
+    """B0 and Lite0 exported by the pipeline to ExecuTorch, TFLite and ONNX all profile on this host."""
+    exports = cached_exports()
+    assert [(r.target, r.error) for r in exports if not r.ok] == []
+    device = open_device("host")
+    for export in exports:
+        record = device.profile(Artifact.open(export.path), ProfileSettings(threads=1, warmup=2, runs=10))
+        assert record.ok, (export.path.name, record.error)
+        assert record.variant == export.sidecar["model"]["name"]
+        assert record.precision == "fp32"
+        assert record.resolution == 64
+        assert record.runtime == export.sidecar["runtime"]
+        assert record.median_ms > 0
+        assert record.peak_rss_mb > 0
+    formats = {Artifact.open(export.path).format for export in exports}
+    assert formats == {"onnx", "tflite", "pte"}
 
 
 # The CLI
@@ -332,7 +360,8 @@ def test_cli_profile_and_results(b0_onnx, tmp_path):
     table = runner.invoke(profile_command, [str(b0_onnx), "--threads", "1", "--warmup", "0", "--runs", "3",
                                             "--db", str(db)])
     assert table.exit_code == 0, table.output
-    assert "ONNX" in table.stdout and "Median" in table.stdout
+    assert "ONNX" in table.stdout
+    assert "Median" in table.stdout
 
     listed = runner.invoke(results_command, ["--db", str(db), "--json"])
     assert listed.exit_code == 0, listed.output

@@ -13,7 +13,7 @@ from edgeeff.profile import Artifact, ProfileSettings, ResultsDatabase, open_dev
 from edgeeff.profile.native import (benchmark_argv, parse_benchmark_model, parse_binary_options,
                                     parse_executor_runner, parse_perf_test)
 from edgeeff.profile.record import ProfileError
-from profile_helpers import export_onnx, fake_pte, fake_tflite, install_fake_adb
+from profile_helpers import cached_onnx, fake_pte, fake_tflite, install_fake_adb
 
 SERIAL = "emulator-5554"
 
@@ -169,11 +169,16 @@ def test_benchmark_argv_flags():
     settings = ProfileSettings(threads=4, warmup=3, runs=20)
     litert = benchmark_argv("litert", "/data/local/tmp/benchmark_model", "/d/m.tflite", settings)
     assert "--graph=/d/m.tflite" in litert
-    assert "--num_threads=4" in litert and "--num_runs=20" in litert and "--warmup_runs=3" in litert
+    assert "--num_threads=4" in litert
+    assert "--num_runs=20" in litert
+    assert "--warmup_runs=3" in litert
     executorch = benchmark_argv("executorch", "er", "/d/m.pte", settings)
-    assert "--num_executions=24" in executorch and "--cpu_threads=4" in executorch
+    assert "--num_executions=24" in executorch
+    assert "--cpu_threads=4" in executorch
     ort = benchmark_argv("onnxruntime", "pt", "/d/m.onnx", settings)
-    assert ort[-1] == "/d/m.onnx" and ort[ort.index("-r") + 1] == "20" and ort[ort.index("-x") + 1] == "4"
+    assert ort[-1] == "/d/m.onnx"
+    assert ort[ort.index("-r") + 1] == "20"
+    assert ort[ort.index("-x") + 1] == "4"
 
 
 def test_binary_options():
@@ -198,8 +203,8 @@ def fake_adb(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def small_onnx(tmp_path_factory):
-    return export_onnx("b0", 64, tmp_path_factory.mktemp("adb-onnx") / "b0-64.onnx")
+def small_onnx():
+    return cached_onnx("b0", 64)
 
 
 def _binaries(folder: Path) -> dict[str, str]:

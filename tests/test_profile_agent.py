@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from edgeeff.profile import Artifact, DeviceError, ProfileSettings, open_device
 from edgeeff.profile.agent import RequestError, safe_artifact_name
-from profile_helpers import AgentProcess, export_onnx, fake_tflite, python_env
+from profile_helpers import AgentProcess, cached_exports, cached_onnx, python_env
 
 TOKEN = "test-token-0123456789abcdef"
 # A well-formed ModelProto frame (ir_version 7, then a graph field) around a graph of garbage bytes:
@@ -32,8 +33,8 @@ def agent(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def b0_onnx(tmp_path_factory):
-    return export_onnx("b0", 64, tmp_path_factory.mktemp("agent-onnx") / "b0-64.onnx")
+def b0_onnx():
+    return cached_onnx("b0", 64)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, token: str | None = TOKEN,
@@ -94,7 +95,7 @@ def test_upload_without_token_not_stored(agent):
 
 def test_oversize_upload_rejected_before_storing(agent):
     before = stored_files(agent)
-    # Only the headers claim 200 MiB; the agent must answer from Content-Length alone.
+    # Only the headers claim 200 MiB; the agent must respond from Content-Length alone.
     connection = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=10)
     connection.putrequest("PUT", "/artifacts/huge.onnx")
     connection.putheader("Authorization", f"Bearer {TOKEN}")
@@ -217,6 +218,21 @@ def test_profile_through_agent(agent, b0_onnx):
     assert any(event.get("phase") == "measure" for event in events)
 
 
+@pytest.mark.slow
+def test_agent_profiles_all_formats(agent):
+    """B0 and Lite0 in ExecuTorch, TFLite and ONNX profile through the agent with their sidecar metadata."""
+    exports = cached_exports()
+    assert [(r.target, r.error) for r in exports if not r.ok] == []
+    device = open_device(agent.address, token=TOKEN)
+    for export in exports:
+        record = device.profile(Artifact.open(export.path), ProfileSettings(threads=1, warmup=2, runs=10))
+        assert record.ok, (export.path.name, record.error)
+        assert record.artifact_name == export.path.name
+        assert record.variant == export.sidecar["model"]["name"]
+        assert record.runtime == export.sidecar["runtime"]
+        assert record.median_ms > 0
+
+
 def test_one_benchmark_at_a_time(agent, b0_onnx):
     device = open_device(agent.address, token=TOKEN)
     artifact_id = device.upload(Artifact.open(b0_onnx))
@@ -244,13 +260,44 @@ def test_one_benchmark_at_a_time(agent, b0_onnx):
     assert b'"event": "result"' in first["status"][2]
 
 
+def test_client_disconnect_frees_agent(agent, b0_onnx):
+    device = open_device(agent.address, token=TOKEN)
+    artifact_id = device.upload(Artifact.open(b0_onnx))
+    payload = json.dumps({"artifact_id": artifact_id, "threads": 1, "warmup": 0, "runs": 100000}).encode()
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=30) as client:
+        client.sendall(b"POST /profile HTTP/1.0\r\nAuthorization: Bearer " + TOKEN.encode()
+                       + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        assert client.recv(64).startswith(b"HTTP/1.0 200")
+        time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while json.loads(request(agent.port, "GET", "/info")[2])["busy"]:
+        assert time.monotonic() < deadline, "the agent kept running a benchmark for a client that left"
+        time.sleep(0.1)
+    assert "client connection lost" in agent.log_text()
+
+
+def test_agent_keeps_newest_uploads(tmp_path):
+    process = AgentProcess(tmp_path / "store", TOKEN, "--keep", "2")
+    try:
+        ids = []
+        for index in range(3):
+            body = BROKEN_ONNX + b"\x12\x01" + str(index).encode()
+            status, _, response = request(process.port, "PUT", f"/artifacts/m{index}.onnx", body=body)
+            assert status == 201
+            ids.append(json.loads(response)["artifact_id"])
+            time.sleep(0.05)
+        assert sorted(path.name for path in (tmp_path / "store").iterdir()) == sorted(ids[1:])
+    finally:
+        process.stop()
+
+
 def test_client_times_out_when_agent_hangs(tmp_path):
     process = AgentProcess(tmp_path / "store", TOKEN)
     try:
         os.kill(process.process.pid, signal.SIGSTOP)
         device = open_device(process.address, token=TOKEN, timeout_s=2)
         started = time.monotonic()
-        with pytest.raises(DeviceError, match="did not answer"):
+        with pytest.raises(DeviceError, match="did not respond"):
             device.info()
         assert time.monotonic() - started < 15
     finally:

@@ -33,6 +33,11 @@ def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _runtime_label(record: Measurement) -> str:
+    label = f"{record.runtime} {record.runtime_version or ''}".strip()
+    return label if record.method == "edgeeff-runner" else f"{label} ({record.method})"
+
+
 def _status(record: Measurement) -> str:
     if record.ok:
         note = "" if record.stop_reason in (None, "runs", "target reached") else f" ({record.stop_reason})"
@@ -98,11 +103,15 @@ class ProgressReporter:
 
 
 def _settings(profile, threads, warmup, runs, target_rse, time_cap) -> ProfileSettings:
-    return ProfileSettings(
-        threads=threads if threads is not None else profile.threads,
-        warmup=warmup if warmup is not None else (profile.warmup if profile.warmup is not None else DEFAULT_WARMUP),
-        runs=runs if runs is not None else (profile.runs or DEFAULT_RUNS),
-        target_rse=parse_target_rse(target_rse), time_cap_s=time_cap)
+    """Combine command-line values, then the device profile's, then the defaults."""
+    if threads is None:
+        threads = profile.threads
+    if warmup is None:
+        warmup = profile.warmup if profile.warmup is not None else DEFAULT_WARMUP
+    if runs is None:
+        runs = profile.runs or DEFAULT_RUNS
+    return ProfileSettings(threads=threads, warmup=warmup, runs=runs, target_rse=parse_target_rse(target_rse),
+                           time_cap_s=time_cap)
 
 
 @click.command("profile")
@@ -232,7 +241,7 @@ def results_command(db_path, device, artifact, artifact_format, variant, precisi
         table.add_row(str(row_id), record.created_at.replace("T", " ")[:19], record.device_name, record.artifact_name,
                       FORMAT_LABELS.get(record.artifact_format, record.artifact_format),
                       str(record.threads or "default"), _status(record), _ms(record.median_ms), _ms(record.p90_ms),
-                      _mb(record.peak_rss_mb), f"{record.method} {record.runtime_version or ''}".strip())
+                      _mb(record.peak_rss_mb), _runtime_label(record))
     stdout.print(table)
 
 

@@ -1,7 +1,7 @@
 """The device agent: an HTTP server on the device that profiles uploaded artifacts.
 
 `edgeeff agent serve` runs it. Every request needs `Authorization: Bearer TOKEN`. It binds
-127.0.0.1 unless told otherwise (reach it through an SSH tunnel). Uploads are checked against
+127.0.0.1 by default (reach it through an SSH tunnel). Uploads are checked against
 the size cap from Content-Length before any byte is stored, written under a sanitized,
 content-addressed name in the agent's own folder, and checked for the format's magic bytes.
 One benchmark runs at a time; a second request gets 503 with Retry-After. Measurements come
@@ -207,6 +207,7 @@ class AgentHandler(BaseHTTPRequestHandler):
     server: AgentServer
     protocol_version = "HTTP/1.0"
     server_version = "edgeeff-agent"
+    sys_version = ""
 
     def setup(self) -> None:
         # A stalled client times out instead of holding a thread (or the benchmark slot) forever.

@@ -79,7 +79,7 @@ class AgentDevice:
             return response.status, response.headers, response.read()
         except socket.timeout as exc:
             connection.close()
-            raise DeviceError(f"agent at {self.address} did not answer {method} {path} within "
+            raise DeviceError(f"agent at {self.address} did not respond to {method} {path} within "
                               f"{self.read_timeout_s:.0f} s; it may have stopped or hung") from exc
         except (ConnectionError, http.client.HTTPException) as exc:
             connection.close()
@@ -172,7 +172,7 @@ class AgentDevice:
             record.status, record.error = "failed", final.get("error", "unknown agent error")
             return record
         record = Measurement.from_dict(final["record"])
-        # The agent knows the file by its stored id; give the record this side's names back.
+        # The agent stores the file under a content id, so the record gets this side's names back.
         record.extra["agent_device_name"] = record.device_name
         record.device_name, record.device_kind = self.name, self.kind
         record.artifact_name, record.artifact_path = artifact.name, str(artifact.path)

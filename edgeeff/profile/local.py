@@ -140,6 +140,8 @@ def measurement_from_worker(record: Measurement, result: dict) -> Measurement:
     record.runtime = result.get("runtime", record.runtime)
     record.runtime_version = result.get("runtime_version") or record.runtime_version
     record.input_shape = result.get("input_shape")
+    if result.get("threads_used") is not None:
+        record.extra["threads_used"] = result["threads_used"]
     record.load_ms = result.get("load_ms")
     record.first_ms = result.get("first_ms")
     record.apply_timings(result.get("timings", {}))

@@ -88,7 +88,7 @@ class Measurement:
 
     Times are in milliseconds, memory in MiB. `device_fingerprint` and `artifact_sha256` key the
     results database. Fields a device kind cannot measure stay None (for example p90 from LiteRT's
-    `benchmark_model`, which prints only p5, median and p95). `extra` holds tool-specific details.
+    `benchmark_model`, which prints only p5, median and p95). `extra` contains tool-specific details.
     """
 
     artifact_name: str

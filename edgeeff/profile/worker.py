@@ -130,6 +130,8 @@ def measure(path: str, threads: int | None, warmup: int, runs: int, target_rse: 
         "runtime": runner.runtime,
         "runtime_version": runner.version(),
         "input_shape": list(shape),
+        # Runners resolve threads=None to their own default; report it where they expose it.
+        "threads_used": getattr(runner, "num_threads", None) or runner.threads,
         "load_ms": load_ms,
         "first_ms": first_ms,
         "timings": summarize(samples),
