@@ -236,8 +236,11 @@ class AgentHandler(BaseHTTPRequestHandler):
             self._check_token()
             handler()
         except RequestError as exc:
-            if exc.status >= 500 or exc.status == 413:
-                log.warning("%s %s rejected: %s", self.command, self.path, exc)
+            # Token failures are already logged, rate-limited, by _check_token.
+            if exc.status != 401:
+                level = logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
+                log.log(level, "%s %s from %s rejected with %d: %s", self.command, self.path[:100],
+                        self.client_address[0], exc.status, exc)
             self._send_json(exc.status, {"error": str(exc)}, exc.headers)
         except (BrokenPipeError, ConnectionResetError, socket.timeout) as exc:
             log.warning("%s %s: client connection lost (%s)", self.command, self.path, type(exc).__name__)

@@ -149,6 +149,8 @@ def measurement_from_worker(record: Measurement, result: dict) -> Measurement:
     record.peak_rss_mb = result.get("peak_rss_mb")
     record.baseline_rss_mb = result.get("baseline_rss_mb")
     record.extra["memory_source"] = "peak RSS of the worker process (Python, numpy and the runtime)"
+    if result.get("warnings"):
+        record.extra["note"] = "; ".join(result["warnings"])
     return record
 
 
