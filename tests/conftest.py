@@ -41,3 +41,16 @@ def small_photos(tmp_path: Path) -> Path:
     for path in sorted(PHOTOS.glob("*-full.jpg"))[:10]:
         shutil.copy(path, folder / path.name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def digits_fixture():
+    """B0 trained from scratch on scikit-learn's handwritten digits (32 px RGB, 10 classes).
+
+    The first run trains for about 3 minutes (157 s measured with one torch thread on a busy
+    2-core machine). The data and checkpoint are then cached under $EDGEEFF_CACHE/fixtures,
+    by default the user cache folder's edgeeff/fixtures.
+    """
+    from edgeeff.datasets.digits import trained_fixture
+
+    return trained_fixture()

@@ -192,6 +192,9 @@ def load_checkpoint(path: str | Path, model: str | Variant | None = None, checkp
             variant = get_variant(name)
     else:
         variant = get_variant(model) if isinstance(model, str) else model
+    # edgeeff checkpoints record the resolution they were trained at; it becomes the default export size.
+    if fmt is NATIVE and meta.get("resolution") and int(meta["resolution"]) != variant.resolution:
+        variant = with_resolution(variant, int(meta["resolution"]))
 
     if variant.released:
         expected = _expected_shapes(variant.name, num_classes)
@@ -232,7 +235,8 @@ def save_checkpoint(loaded: LoadedModel, path: str | Path) -> None:
     from edgeeff.io import atomic_path
 
     cfg = loaded.model.config
-    meta = {"variant": loaded.variant.name, "padding": cfg.padding, "bn_eps": cfg.bn_eps,
+    meta = {"variant": loaded.variant.name, "resolution": loaded.variant.resolution, "padding": cfg.padding,
+            "bn_eps": cfg.bn_eps,
             "preprocessing": loaded.preprocessing.to_dict(), "labels": loaded.labels}
     with atomic_path(path) as tmp:
         torch.save({NATIVE_META_KEY: meta, "state_dict": loaded.model.state_dict()}, tmp)

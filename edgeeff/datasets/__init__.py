@@ -1,0 +1,1 @@
+"""Labelled datasets built locally for tests and benchmarks; nothing is downloaded."""
