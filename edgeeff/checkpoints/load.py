@@ -8,6 +8,7 @@ NaN or Inf weights and attach the preprocessing the source library trained with.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,6 +17,8 @@ from pathlib import Path
 import torch
 
 from edgeeff.checkpoints.formats import FORMATS, NATIVE, CheckpointFormat, detect_format
+from edgeeff.checkpoints.keras import KERAS_SUFFIXES, KerasFileError, read_keras_file
+from edgeeff.checkpoints.timm import preprocessing_from_config
 from edgeeff.data.preprocess import IMAGENET, LITE, Preprocessing
 from edgeeff.models import EfficientNet, Variant, arch_config, get_variant
 from edgeeff.models.variants import VARIANTS, with_resolution
@@ -62,17 +65,27 @@ def sha256_file(path: str | Path) -> str:
 
 
 def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read tensors and edgeeff metadata (empty for other sources) from a checkpoint file."""
+    """Read tensors and metadata from a checkpoint file.
+
+    The metadata holds edgeeff's own keys for native checkpoints, and under "source" what the
+    file says about another library's model: the architecture name a timm checkpoint or its
+    Hugging Face config.json records, and a Keras model's BatchNorm epsilon and notes.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}; pass the path of a .pt/.pth/.safetensors file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty: {path} has 0 bytes; re-download or re-save it")
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        try:
+            return read_keras_file(path)
+        except KerasFileError as exc:
+            raise CheckpointError(str(exc)) from exc
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(str(path)), {}
+            return load_file(str(path)), {"source": _config_json_hints(path)}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"invalid safetensors checkpoint {path}: {exc}; re-save the file") from exc
     try:
@@ -91,7 +104,13 @@ def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, to
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and isinstance(obj.get(NATIVE_META_KEY), dict):
-        meta = obj[NATIVE_META_KEY]
+        meta = dict(obj[NATIVE_META_KEY])
+    source = _config_json_hints(path)
+    # timm's training checkpoints record the architecture name beside the state dict.
+    if isinstance(obj, dict) and isinstance(obj.get("arch"), str):
+        source["arch"] = obj["arch"]
+    if source:
+        meta["source"] = source
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema"):
             if isinstance(obj.get(wrapper), dict):
@@ -103,6 +122,25 @@ def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, to
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj, meta
+
+
+def _config_json_hints(path: Path) -> dict:
+    """Return the architecture and timm preprocessing from a Hugging Face config.json beside `path`.
+
+    timm models on the Hugging Face Hub ship `config.json` with "architecture" and
+    "pretrained_cfg" next to the weights; a missing or unrelated file gives {}.
+    """
+    config_path = path.with_name("config.json")
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or "efficientnet" not in str(config.get("architecture", "")):
+        return {}
+    hints = {"arch": str(config["architecture"])}
+    if isinstance(config.get("pretrained_cfg"), dict):
+        hints["timm_pretrained_cfg"] = config["pretrained_cfg"]
+    return hints
 
 
 @lru_cache(maxsize=64)
@@ -155,21 +193,10 @@ def load_checkpoint(path: str | Path, model: str | Variant | None = None, checkp
     """
     path = Path(path)
     raw, meta = read_state_dict(path, trust)
-    if checkpoint_format:
-        if checkpoint_format not in FORMATS:
-            raise CheckpointError(f"unknown checkpoint format {checkpoint_format!r}: use one of {', '.join(FORMATS)}")
-        fmt: CheckpointFormat | None = FORMATS[checkpoint_format]
-    else:
-        fmt = detect_format(list(raw))
-    if fmt is None:
-        sample = ", ".join(list(raw)[:3])
-        raise CheckpointError(f"unrecognised checkpoint layout in {path} (first keys: {sample}); "
-                              f"pass --checkpoint-format with one of {', '.join(FORMATS)}")
-    state = {}
-    for key, tensor in raw.items():
-        new_key = fmt.rename(key)
-        if new_key is not None:
-            state[new_key] = tensor
+    source = meta.get("source", {})
+    fmt = choose_format(raw, checkpoint_format, source.get("arch"), path)
+    converted = fmt.convert_state(raw)
+    state = converted.state
     if "classifier.weight" not in state:
         raise CheckpointError(f"checkpoint {path} has no classifier weight; it is not an EfficientNet classifier")
     num_classes = int(state["classifier.weight"].shape[0])
@@ -177,7 +204,7 @@ def load_checkpoint(path: str | Path, model: str | Variant | None = None, checkp
         raise CheckpointError(f"labels file has {len(labels)} names but checkpoint {path} has {num_classes} classes; "
                               "pass the labels file that matches this checkpoint")
 
-    padding, bn_eps = fmt.padding, fmt.bn_eps
+    padding, bn_eps = fmt.padding, source.get("bn_eps")
     if fmt is NATIVE and meta:
         padding, bn_eps = meta.get("padding", padding), meta.get("bn_eps", bn_eps)
         labels = labels or meta.get("labels")
@@ -209,15 +236,48 @@ def load_checkpoint(path: str | Path, model: str | Variant | None = None, checkp
                               f"{' ...' if len(problems) > 3 else ''}; {hint}")
     _check_finite(state, path)
 
+    if bn_eps is None:
+        bn_eps = fmt.bn_eps_for(variant)
     net = EfficientNet(arch_config(variant, num_classes, padding=padding, bn_eps=bn_eps))
     net.load_state_dict(state, strict=False)
     net.eval()
+    timm_config = source.get("timm_pretrained_cfg")
     if fmt is NATIVE and meta.get("preprocessing"):
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    elif timm_config and fmt.name in ("timm", "timm-tf") and preprocessing_from_config(timm_config):
+        preprocessing = preprocessing_from_config(timm_config)
     else:
-        preprocessing = fmt.preprocessing(variant.lite)
+        preprocessing = converted.preprocessing or fmt.preprocessing_for(variant)
+    # The format's own caveat (timm's padding guess) matters only when nothing chose the format.
+    guessed = not checkpoint_format and not source.get("arch")
+    notes = [*fmt.notes_for(variant, guessed), *converted.notes, *source.get("notes", [])]
     return LoadedModel(model=net, variant=variant, preprocessing=preprocessing, source=fmt.name,
-                       checkpoint=str(path), checkpoint_sha256=sha256_file(path), labels=labels)
+                       checkpoint=str(path), checkpoint_sha256=sha256_file(path), labels=labels, notes=notes)
+
+
+def choose_format(raw: dict[str, torch.Tensor], checkpoint_format: str | None = None, arch: str | None = None,
+                  path: str | Path = "checkpoint") -> CheckpointFormat:
+    """Return the named format, or the one detected from the keys (and a recorded architecture name).
+
+    A named format whose keys do not match raises, naming the detected one, because renaming
+    another library's keys would fail later with a less useful shape error.
+    """
+    keys = list(raw)
+    detected = detect_format(keys, arch)
+    if checkpoint_format:
+        if checkpoint_format not in FORMATS:
+            raise CheckpointError(f"unknown checkpoint format {checkpoint_format!r}: use one of {', '.join(FORMATS)}")
+        fmt = FORMATS[checkpoint_format]
+        if not fmt.detect(keys):
+            found = f"its keys look like {detected.name}" if detected else "its keys match no known format"
+            raise CheckpointError(f"checkpoint {path} is not in the {fmt.name} layout ({found}); "
+                                  "drop --checkpoint-format or pass the matching one")
+        return fmt
+    if detected is None:
+        sample = ", ".join(keys[:3])
+        raise CheckpointError(f"unrecognised checkpoint layout in {path} (first keys: {sample}); "
+                              f"pass --checkpoint-format with one of {', '.join(FORMATS)}")
+    return detected
 
 
 def untrained_model(model: str | Variant, num_classes: int = 1000, labels: list[str] | None = None) -> LoadedModel:
