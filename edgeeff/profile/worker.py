@@ -25,7 +25,19 @@ MAX_RUNS = 1_000_000
 
 
 def peak_rss_mb() -> float | None:
-    """Return this process's peak resident set size in MiB, or None where the OS does not report it."""
+    """Return this process's peak resident set size in MiB, or None where the OS does not report it.
+
+    Linux keeps getrusage's ru_maxrss across fork and exec, so a worker started by a large parent
+    (a test run with torch loaded) would report the parent's peak. VmHWM in /proc/self/status
+    belongs to the current program image only, so it is read first.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
@@ -132,7 +144,7 @@ def measure(path: str, threads: int | None, warmup: int, runs: int, target_rse: 
         "runtime_version": runner.version(),
         "input_shape": list(shape),
         # Runners resolve threads=None to their own default; report it where they expose it.
-        "threads_used": getattr(runner, "num_threads", None) or runner.threads,
+        "threads_used": getattr(runner, "num_threads", None) or getattr(runner, "intra_op_threads", None) or runner.threads,
         "load_ms": load_ms,
         "first_ms": first_ms,
         "timings": summarize(samples),
