@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 import click
 
@@ -44,6 +46,23 @@ class EdgeeffGroup(click.Group):
 def cli(verbose: bool) -> None:
     """edgeeff: EfficientNet from checkpoint to device (INT8, ExecuTorch, TFLite, ONNX)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        quiet_converters()
+
+
+def quiet_converters() -> None:
+    """Silence the converters' deprecation warnings, progress bars and C++ logs.
+
+    They are set before the converters are imported, which happens inside the commands.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow Lite converter C++ logs
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # calibration progress bars of ai-edge-quantizer and NNCF
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in ("nncf", "absl", "torch", "torchao", "executorch", "onnxscript", "ai_edge_quantizer", "litert_torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _register() -> None:

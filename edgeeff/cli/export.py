@@ -29,7 +29,7 @@ def _graph_summary(sidecar: dict) -> str:
     parts = []
     if "fully_delegated" in graph:
         parts.append("fully delegated" if graph["fully_delegated"] else f"{graph.get('non_delegated_ops', '?')} ops outside delegate")
-    if "float_compute_ops" in graph:
+    if "float_compute_ops" in graph and sidecar["precision"] == "int8":
         ops = graph["float_compute_ops"]
         parts.append("no float ops" if not ops else f"float ops: {', '.join(map(str, ops))[:40]}")
     if "quantize_linear" in graph:

@@ -8,7 +8,10 @@ import numpy as np
 
 from edgeeff.runtime import open_runner
 
-FP32_TOLERANCE = 1e-4  # max |Δlogit| allowed between an FP32 artifact and eager PyTorch
+# Max |Δlogit| allowed between an FP32 artifact and eager PyTorch, per unit of logit scale:
+# the bound is FP32_TOLERANCE × max(1, max |logit|), because float32 rounding error grows with the
+# magnitude of the values summed (untrained models with warmed BatchNorm reach logits of 20–30).
+FP32_TOLERANCE = 1e-4
 
 
 def compare_logits(logits: np.ndarray, reference: np.ndarray) -> dict:
@@ -36,7 +39,7 @@ def verify_artifact(path: str | Path, holdout: np.ndarray, reference: np.ndarray
                     fp32_tolerance: float = FP32_TOLERANCE, threads: int | None = None) -> dict:
     """Run held-out images through the artifact and compare with the float model's logits.
 
-    FP32 artifacts pass when max |Δlogit| <= `fp32_tolerance`. INT8 artifacts pass when their
+    FP32 artifacts pass when max |Δlogit| <= `fp32_tolerance` × max(1, max |reference logit|). INT8 artifacts pass when their
     outputs are finite and of the right shape; their agreement numbers are reported, and the
     accuracy gate (`edgeeff check`) decides whether they are good enough.
     """
@@ -48,10 +51,12 @@ def verify_artifact(path: str | Path, holdout: np.ndarray, reference: np.ndarray
         return {"passed": False, "reason": "artifact produced NaN or Inf logits"}
     result = compare_logits(logits, reference)
     if precision == "fp32":
-        result["tolerance"] = fp32_tolerance
-        result["passed"] = result["max_abs_logit_diff"] <= fp32_tolerance
+        bound = fp32_tolerance * max(1.0, float(np.abs(reference).max()))
+        result["tolerance"] = bound
+        result["passed"] = result["max_abs_logit_diff"] <= bound
         if not result["passed"]:
-            result["reason"] = (f"max |Δlogit| {result['max_abs_logit_diff']:.2e} exceeds {fp32_tolerance:.0e}")
+            result["reason"] = (f"max |Δlogit| {result['max_abs_logit_diff']:.2e} exceeds {bound:.1e} "
+                                f"({fp32_tolerance:.0e} × logit scale)")
     else:
         result["passed"] = True
     return result
