@@ -328,9 +328,9 @@ def test_missing_artifact():
 def test_repeated_profiles_agree(b0_onnx):
     """Three fresh-process profiles of one artifact: their medians differ by less than the reported spread.
 
-    The spread of a profile is p90 - min. On a machine shared with other jobs a whole profile can
-    run slower than the next (its min above another's median), so each pair of medians is compared
-    with the wider of the two spreads rather than with one profile's interval.
+    The spread of a profile is p90 - min. On a machine shared with other jobs, a whole profile can
+    run slower than the next one, with its min above the other's median. So each pair of medians
+    is compared with the wider of the two spreads, not with one profile's interval.
     """
     device = open_device("host")
     settings = ProfileSettings(threads=1, warmup=5, runs=40)
@@ -392,9 +392,9 @@ def test_cli_profile_and_results(b0_onnx, tmp_path):
     assert exported.exit_code == 0, exported.output
     assert len(csv_path.read_text().strip().splitlines()) == 3
 
-    shown = runner.invoke(results_command, ["--db", str(db), "--device", "host", "--threads", "1"])
-    assert shown.exit_code == 0
-    assert "b0-64.onnx" in shown.stdout
+    filtered = runner.invoke(results_command, ["--db", str(db), "--device", "host", "--threads", "1"])
+    assert filtered.exit_code == 0
+    assert "b0-64.onnx" in filtered.stdout
 
 
 def test_cli_profile_failure_exit_code(tmp_path):

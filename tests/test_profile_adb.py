@@ -296,3 +296,20 @@ def test_adb_cli_saves_results(fake_adb, tmp_path):
     stored = ResultsDatabase(db).query()
     assert [record.artifact_name for _, record in stored] == ["b0-64px-fp32.tflite"]
     assert stored[0][1].device_kind == "adb"
+
+
+def test_host_native_tool(fake_adb, small_onnx, tmp_path):
+    """On the host (and in the agent), --benchmark-binary times a runtime with its native tool."""
+    device = open_device("host", benchmark_binaries={"onnxruntime": str(fake_adb / "tools/onnxruntime_perf_test"),
+                                                     "litert": str(fake_adb / "tools/benchmark_model")})
+    settings = ProfileSettings(threads=1, warmup=0, runs=4)
+    ort_record = device.profile(Artifact.open(small_onnx), settings)
+    assert ort_record.ok, ort_record.error
+    assert ort_record.method == "onnxruntime_perf_test"
+    assert ort_record.device_kind == "host"
+    assert ort_record.runs == 4
+
+    missing = open_device("host", benchmark_binaries={"litert": str(tmp_path / "no-such-tool")})
+    record = missing.profile(Artifact.open(fake_tflite(tmp_path / "m.tflite")), settings)
+    assert record.status == "failed"
+    assert "benchmark tool not found" in record.error

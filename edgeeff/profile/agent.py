@@ -254,12 +254,12 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def _check_token(self) -> None:
         header = self.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
             self.server.auth_failures.record("request without a token", self.client_address[0])
             raise RequestError(401, "missing token: send Authorization: Bearer TOKEN (edgeeff profile --token)",
                                {"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.strip().encode(), self.server.config.token.encode()):
+        if not hmac.compare_digest(presented.strip().encode(), self.server.config.token.encode()):
             self.server.auth_failures.record("request with a wrong token", self.client_address[0])
             raise RequestError(401, "invalid token: pass the token the agent was started with",
                                {"WWW-Authenticate": 'Bearer error="invalid_token"'})

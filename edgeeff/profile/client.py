@@ -46,7 +46,8 @@ class AgentDevice:
     # Transport
 
     def _connect(self) -> http.client.HTTPConnection:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s)
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout_s,
+                                                blocksize=UPLOAD_BLOCK_BYTES)
         try:
             connection.connect()
         except ConnectionRefusedError as exc:
@@ -111,17 +112,17 @@ class AgentDevice:
             self._info = data
         return self._info["device"]
 
-    def _retry_when_busy(self, send: Callable[[], tuple], what: str):
+    def _retry_when_busy(self, send: Callable[[], tuple], action: str):
         deadline = time.monotonic() + self.busy_wait_s
         while True:
             status, headers, body = send()
             if status != 503:
                 return status, headers, body
             if time.monotonic() >= deadline:
-                raise DeviceError(f"agent at {self.address} stayed busy for {self.busy_wait_s:.0f} s while {what}; "
+                raise DeviceError(f"agent at {self.address} stayed busy for {self.busy_wait_s:.0f} s while {action}; "
                                   "retry when its other benchmark finishes")
             wait = float(headers.get("Retry-After", 2)) if hasattr(headers, "get") else 2.0
-            log.info("agent busy; retrying %s in %.0f s", what, wait)
+            log.info("agent busy; retrying %s in %.0f s", action, wait)
             time.sleep(min(wait, 30.0))
 
     def upload(self, artifact: Artifact) -> str:
