@@ -7,7 +7,6 @@ import multiprocessing
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

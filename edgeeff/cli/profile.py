@@ -5,7 +5,6 @@ No torch here or in edgeeff.profile: the agent starts on a device with only the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -128,7 +127,7 @@ def _settings(profile, threads, warmup, runs, target_rse, time_cap) -> ProfileSe
 @click.option("--time-cap", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds of timed runs per artifact after which --target-rse gives up.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False),
-              help=f"Results database file (default: $EDGEEFF_RESULTS_DB, else the user data folder).")
+              help="Results database file (default: $EDGEEFF_RESULTS_DB, else the user data folder).")
 @click.option("--no-save", is_flag=True, help="Do not store the measurements in the results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurement records as JSON instead of a table.")
 @click.option("--token", help=f"Device agent token (default: ${TOKEN_ENV}).")
