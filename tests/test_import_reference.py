@@ -9,7 +9,6 @@ library would save them, imported, and run through the same steps.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -25,21 +24,11 @@ from edgeeff.checkpoints.load import infer_variant
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from reference_weights import calibrate_batchnorm, fill_state, reference_input  # noqa: E402
+from reference_weights import (calibrate_batchnorm, fill_state, load_reference, manifest_of_arch,  # noqa: E402
+                               reference_input)
 
-
-def _reference(library: str) -> dict:
-    with gzip.open(FIXTURES / f"{library}_reference.json.gz") as f:
-        return json.load(f)
-
-
-TIMM = _reference("timm")
-TORCHVISION = _reference("torchvision")
-
-
-def _manifest(reference: dict, arch: str) -> list[list]:
-    manifest = reference["manifests"][arch]
-    return reference["manifests"][manifest["same_as"]] if isinstance(manifest, dict) else manifest
+TIMM = load_reference("timm")
+TORCHVISION = load_reference("torchvision")
 
 
 def _variant_of(arch: str) -> str:
@@ -51,7 +40,7 @@ def _format_of(library: str, arch: str) -> str:
 
 
 def _save_filled(reference: dict, arch: str, path: Path) -> Path:
-    state = {k: torch.from_numpy(v) for k, v in fill_state(_manifest(reference, arch), reference["seed"]).items()}
+    state = {k: torch.from_numpy(v) for k, v in fill_state(manifest_of_arch(reference, arch), reference["seed"]).items()}
     if path.suffix == ".safetensors":
         save_file(state, str(path))
     else:
@@ -88,7 +77,7 @@ def test_fixtures_record_versions():
 @pytest.mark.parametrize(("library", "arch"), MANIFEST_CASES)
 def test_manifest_maps_to_variant(library, arch):
     reference = TIMM if library == "timm" else TORCHVISION
-    raw = {key: torch.empty(shape, device="meta") for key, shape in _manifest(reference, arch)}
+    raw = {key: torch.empty(shape, device="meta") for key, shape in manifest_of_arch(reference, arch)}
     state = FORMATS[_format_of(library, arch)].convert_state(raw).state
     name, mismatches = infer_variant(state, reference["num_classes"])
     assert name == _variant_of(arch)
@@ -144,7 +133,7 @@ def test_timm_detection_notes_padding_guess(tmp_path):
 
 
 def test_timm_training_checkpoint_arch_selects_tf(tmp_path):
-    state = {k: torch.from_numpy(v) for k, v in fill_state(_manifest(TIMM, "tf_efficientnet_b0"), 0).items()}
+    state = {k: torch.from_numpy(v) for k, v in fill_state(manifest_of_arch(TIMM, "tf_efficientnet_b0"), 0).items()}
     path = tmp_path / "checkpoint-12.pth.tar"
     torch.save({"epoch": 12, "arch": "tf_efficientnet_b0", "state_dict": state}, path)
     loaded = load_checkpoint(path)

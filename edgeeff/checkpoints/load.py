@@ -251,6 +251,10 @@ def load_checkpoint(path: str | Path, model: str | Variant | None = None, checkp
     # The format's own caveat (timm's padding guess) matters only when nothing chose the format.
     guessed = not checkpoint_format and not source.get("arch")
     notes = [*fmt.notes_for(variant, guessed), *converted.notes, *source.get("notes", [])]
+    input_size = source.get("input_size")
+    if input_size and input_size != variant.resolution:
+        notes.append(f"the source model was built for {input_size} px input, edgeeff's default for {variant.name} "
+                     f"is {variant.resolution} px: pass --resolution {input_size} to export at the source's size")
     return LoadedModel(model=net, variant=variant, preprocessing=preprocessing, source=fmt.name,
                        checkpoint=str(path), checkpoint_sha256=sha256_file(path), labels=labels, notes=notes)
 
