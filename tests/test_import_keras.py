@@ -104,7 +104,7 @@ def test_keras_safetensors_layout(b0_files, tmp_path):
 
 
 def test_keras_weights_only_rejected(b0_files):
-    with pytest.raises(CheckpointError, match="without the model config"):
+    with pytest.raises(CheckpointError, match="weights but no model config"):
         load_checkpoint(b0_files / "b0.weights.h5")
 
 

@@ -161,7 +161,7 @@ def test_torchvision_detected_with_eps(tmp_path):
     assert b0.model.config.bn_eps == 1e-5
     assert b0.preprocessing.crop_fraction == 0.875
     b2 = load_checkpoint(_save_filled(TORCHVISION, "efficientnet_b2", tmp_path / "b2.pth"))
-    assert any("--resolution 288" in note for note in b2.notes)
+    assert any("evaluates b2 at 288 px" in note for note in b2.notes)
 
 
 def test_format_override_must_match_keys(tmp_path):

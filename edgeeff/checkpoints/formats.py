@@ -18,7 +18,7 @@ from edgeeff.models.variants import Variant
 
 
 class Converted(NamedTuple):
-    """A state dict in edgeeff's names, plus what the source file said about its inputs."""
+    """A state dict in edgeeff's names, plus the preprocessing and caveats recorded in the source file."""
 
     state: dict[str, torch.Tensor]
     preprocessing: Preprocessing | None = None
@@ -70,8 +70,8 @@ class CheckpointFormat:
         notes = [self.note] if self.note and guessed else []
         if variant.name in self.variant_resolution:
             size = self.variant_resolution[variant.name]
-            notes.append(f"{self.name} evaluates {variant.name} at {size} px, edgeeff's default is "
-                         f"{variant.resolution} px: pass --resolution {size} to export at the source's size")
+            notes.append(f"{self.name} evaluates {variant.name} at {size} px while edgeeff's default is "
+                         f"{variant.resolution} px; --resolution sets the export size")
         return notes
 
 

@@ -165,7 +165,7 @@ def _load_model_file(path: Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]
         raise KerasFileError(f"invalid HDF5 file {path}: {exc}; re-save the model with model.save()") from exc
     with h5:
         if "model_config" not in h5.attrs:
-            raise KerasFileError(f"{path} holds Keras weights without the model config, so its preprocessing "
+            raise KerasFileError(f"{path} contains Keras weights but no model config, so its preprocessing "
                                  "layers and layer names are unknown; save the whole model with "
                                  "model.save('model.keras')")
         config = json.loads(_decode(h5.attrs["model_config"]))

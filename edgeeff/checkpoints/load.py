@@ -67,7 +67,7 @@ def sha256_file(path: str | Path) -> str:
 def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """Read tensors and metadata from a checkpoint file.
 
-    The metadata holds edgeeff's own keys for native checkpoints, and under "source" what the
+    The metadata contains edgeeff's own keys for native checkpoints, and under "source" what the
     file says about another library's model: the architecture name a timm checkpoint or its
     Hugging Face config.json records, and a Keras model's BatchNorm epsilon and notes.
     """
@@ -253,8 +253,8 @@ def load_checkpoint(path: str | Path, model: str | Variant | None = None, checkp
     notes = [*fmt.notes_for(variant, guessed), *converted.notes, *source.get("notes", [])]
     input_size = source.get("input_size")
     if input_size and input_size != variant.resolution:
-        notes.append(f"the source model was built for {input_size} px input, edgeeff's default for {variant.name} "
-                     f"is {variant.resolution} px: pass --resolution {input_size} to export at the source's size")
+        notes.append(f"the source model was built for {input_size} px input while edgeeff's default for "
+                     f"{variant.name} is {variant.resolution} px; --resolution sets the export size")
     return LoadedModel(model=net, variant=variant, preprocessing=preprocessing, source=fmt.name,
                        checkpoint=str(path), checkpoint_sha256=sha256_file(path), labels=labels, notes=notes)
 

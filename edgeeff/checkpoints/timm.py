@@ -1,9 +1,9 @@
 """timm's EfficientNet layout: `efficientnet_b*`, `efficientnet_lite*` and the TF ports `tf_*`.
 
-timm nests blocks by stage (`blocks.S.B`) and names a block's layers by role, which depends on
-the block type: a depthwise-separable block (stage 0) has conv_dw, bn1, se, conv_pw, bn2, and an
-inverted-residual block has conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3. So a key's edgeeff
-name depends on its neighbours, and the whole state dict is converted at once.
+timm nests blocks by stage (`blocks.S.B`) and names a block's layers by role, and the roles
+depend on the block type. A depthwise-separable block (stage 0) has conv_dw, bn1, se, conv_pw,
+bn2. An inverted-residual block has conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3. So a key's
+edgeeff name depends on its neighbours, and the whole state dict is converted at once.
 
 timm's own architectures and the TF ports share this layout exactly, so keys cannot tell them
 apart: `efficientnet_*` uses PyTorch symmetric padding and BatchNorm eps 1e-5, and `tf_*` uses
@@ -19,8 +19,6 @@ from dataclasses import replace
 import torch
 
 from edgeeff.data.preprocess import IMAGENET, Preprocessing
-
-TIMM_VERSION_CHECKED = "1.0.31"
 
 # timm's IMAGENET_INCEPTION_MEAN/STD: (pixel / 255 - 0.5) / 0.5.
 INCEPTION = Preprocessing("inception", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5))

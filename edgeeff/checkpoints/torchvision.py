@@ -19,8 +19,6 @@ import torch
 
 from edgeeff.data.preprocess import IMAGENET
 
-TORCHVISION_VERSION_CHECKED = "0.29.1"
-
 BN_EPS = {"b5": 1e-3, "b6": 1e-3, "b7": 1e-3}
 
 _FEATURE_KEY = re.compile(r"features\.(\d+)\.(.+)")
