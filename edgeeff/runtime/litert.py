@@ -16,7 +16,7 @@ INTEGER_DTYPES = (np.int8, np.uint8, np.int16)
 def default_threads() -> int:
     """Return the number of CPUs this process may run on.
 
-    LiteRT itself runs on one thread when none is given, unlike onnxruntime and ExecuTorch.
+    The interpreter of ai-edge-litert 2.3.0 runs on one thread when it is given none.
     """
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -26,11 +26,11 @@ def default_threads() -> int:
 class LiteRTRunner(Runner):
     """A .tflite model in `ai_edge_litert.interpreter.Interpreter`.
 
-    Accepts float32 NCHW batches. The input may be NCHW or NHWC in the model (the layout is read
-    from the shape: the dimension of size 3 holds channels), and float or integer: integer
-    inputs are quantized with the input tensor's scale and zero point, and integer outputs
-    are dequantized, so `run` always returns float32 logits.
-    `threads=None` uses every CPU this process may run on.
+    Accepts float32 NCHW batches. The model's own input may be NCHW or NHWC, and the runner
+    reads which from the input shape, taking the dimension of size 3 as channels. Integer
+    inputs are quantized with the input tensor's scale and zero point and integer outputs are
+    dequantized, so `run` always returns float32 logits. `threads=None` uses every CPU this
+    process may run on.
     """
 
     runtime = "litert"
@@ -101,8 +101,8 @@ class LiteRTRunner(Runner):
         if scale == 0:
             raise ValueError(f"TFLite input of {self.path} is {dtype} without a quantization scale; re-export it")
         info = np.iinfo(dtype)
-        # np.round rounds half to even, and TFLite's QUANTIZE kernel rounds half away from zero;
-        # they differ only on exact .5 values, by one quantization step.
+        # np.round rounds half to even, but TFLite's QUANTIZE kernel rounds half away from zero.
+        # The two differ only on exact .5 values, by one quantization step.
         quantized = np.round(batch / np.float32(scale)) + zero_point
         return np.clip(quantized, info.min, info.max).astype(dtype)
 
