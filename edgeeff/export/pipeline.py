@@ -97,11 +97,12 @@ def warm_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int =
     Untrained BatchNorm layers have mean 0 and variance 1, so activation ranges bear no relation
     to a trained network's and INT8 latency would be measured on unrealistic graphs.
     """
+    model.eval()  # dropout and stochastic depth stay off; only BatchNorm collects statistics
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all warm-up batches
-    model.train()
+        bn.train()
     for start in range(0, len(images), batch_size):
         model(torch.from_numpy(images[start:start + batch_size]))
     model.eval()
