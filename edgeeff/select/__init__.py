@@ -1,0 +1,1 @@
+"""`edgeeff select`: the largest EfficientNet (or the most accurate) that meets a latency budget."""
