@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -423,7 +424,7 @@ def worst_classes(evaluation: Evaluation, scores: list[ModelScores], model_label
             predicted = evaluation.artifact_logits[name][members].argmax(1)
             changed = int((predicted != reference.argmax(1)).sum())
             disagreements += changed
-            if evaluation.labels is not None:
+            if evaluation.labels is not None and changed:
                 drop = ((reference.argmax(1) == cls).mean() - (predicted == cls).mean()) * 100.0
                 # The worst artifact loses the most accuracy in the class, then changes the most predictions.
                 if worst_key is None or (drop, changed) > worst_key:
@@ -554,6 +555,16 @@ def _float_twins(artifacts: list[ArtifactInfo]) -> dict[tuple[str, str], Artifac
     return {(info.target, info.config.key()): info for info in artifacts if info.precision == "fp32"}
 
 
+def _export_float_onnx(loaded, resolution: int, folder: Path) -> Path:
+    """Export the float model to FP32 ONNX the way `edgeeff export` does, as a per-layer reference."""
+    from edgeeff.export.base import ExportRequest
+    from edgeeff.export.onnx import export_onnx
+
+    path = folder / "float.onnx"
+    export_onnx(ExportRequest(model=loaded.model, resolution=resolution, precision="fp32", path=path))
+    return path
+
+
 def layer_report(loaded, artifacts: list[ArtifactInfo], images_by_config: dict[str, np.ndarray],
                  warnings: list[str]) -> dict:
     """Per-layer error of each INT8 artifact; failures become warnings, never gate failures."""
@@ -579,11 +590,12 @@ def layer_report(loaded, artifacts: list[ArtifactInfo], images_by_config: dict[s
                     reference = convert_float(loaded.model, info.config.resolution)
                 report[info.name] = check_layers.tflite_layer_errors(info.path, reference, images)
             elif suffix == ".onnx":
-                if twin is None:
-                    report[info.name] = {"skipped": "pass the FP32 .onnx of the same model as another --artifact "
-                                                    "to compare layers"}
-                    continue
-                report[info.name] = check_layers.onnx_layer_errors(info.path, twin.path, images)
+                if twin is not None:
+                    report[info.name] = check_layers.onnx_layer_errors(info.path, twin.path, images)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="edgeeff-check-") as work:
+                        reference_path = _export_float_onnx(loaded, info.config.resolution, Path(work))
+                        report[info.name] = check_layers.onnx_layer_errors(info.path, reference_path, images)
             else:
                 report[info.name] = {"skipped": "the XNNPACK delegate in a .pte exposes no intermediate tensors; "
                                                 "see the .tflite or .onnx INT8 artifact of the same model"}

@@ -11,8 +11,8 @@ Supported:
   FP32 model's tensor indices and names (checked before comparing). The FP32 twin is an FP32
   .tflite artifact of the same checkpoint when the gate has one, else a fresh conversion.
 - .onnx: QDQ models keep the float tensor names at the inputs of QuantizeLinear nodes. The FP32
-  twin is an FP32 .onnx artifact of the same checkpoint; without one the ONNX analysis is
-  skipped.
+  twin is an FP32 .onnx artifact of the same checkpoint when the gate has one, else a fresh
+  export.
 - .pte: the XNNPACK delegate exposes no intermediate tensors, so there is no per-layer view.
 """
 
