@@ -30,8 +30,13 @@ def _graph_summary(sidecar: dict) -> str:
     if "fully_delegated" in graph:
         parts.append("fully delegated" if graph["fully_delegated"] else f"{graph.get('non_delegated_ops', '?')} ops outside delegate")
     if "float_compute_ops" in graph and sidecar["precision"] == "int8":
-        ops = graph["float_compute_ops"]
-        parts.append("no float ops" if not ops else f"float ops: {', '.join(map(str, ops))[:40]}")
+        ops = graph["float_compute_ops"]  # a list of op names (TFLite) or a count (ONNX)
+        if not ops:
+            parts.append("no float ops")
+        elif isinstance(ops, int):
+            parts.append(f"{ops} float ops")
+        else:
+            parts.append(f"float ops: {', '.join(map(str, ops))[:40]}")
     if "quantize_linear" in graph:
         parts.append(f"{graph['quantize_linear']} Q / {graph.get('dequantize_linear', '?')} DQ")
     return "; ".join(parts)
@@ -62,7 +67,8 @@ def _table(records):
               help="Precision of the artifacts.")
 @click.option("--calib", type=click.Path(), help="Folder of photos (or an ImageFolder tree) for calibration and "
               "verification. Default: the bundled photos in calib/photos.")
-@click.option("--calib-size", type=int, default=300, show_default=True, help="Images used for INT8 calibration.")
+@click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Images used for INT8 calibration.")
 @click.option("--verify-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Held-out images used to verify each artifact against the float model.")
 @click.option("--arch", type=click.Choice(["x86", "arm"]), help="Target CPU family for ONNX INT8 activations "
