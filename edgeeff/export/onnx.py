@@ -4,8 +4,8 @@ The artifact is one self-contained .onnx file (weights embedded, no .onnx.data s
 static batch-1 NCHW float32 input named "input" and an output named "logits".
 
 INT8 uses per-channel symmetric int8 weights and per-tensor activations, uint8 for x86 and
-int8 for Arm. onnxruntime's x86 kernels are fastest with U8S8, and its docs recommend S8S8 on
-Arm. Three quantizers are available (see QUANTIZERS). They were compared on the
+int8 for Arm. onnxruntime fuses a U8S8 graph fully on x86, and its quantize_static docstring
+recommends int8 activations on Arm. Three quantizers are available (see QUANTIZERS). They were compared on the
 EfficientNet-Lite0 ImageNet checkpoint in docs/export-routes.md.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader
 
 from edgeeff.export.base import ARCHES, PRECISIONS, ExportDetails, ExportRequest, example_input
 
@@ -30,10 +31,10 @@ OUTPUT_NAME = "logits"
 
 # "ort-bc": NNCF computes bias correction on the float graph, then onnxruntime quantizes every op
 #   (QDQ around each Conv, Add, Gemm, Sigmoid, Mul), so its CPU provider fuses the graph into
-#   QLinearConv and related integer kernels. This is the fastest graph with the best agreement.
+#   QLinearConv and related integer kernels. On Lite0 it was the fastest graph and agreed best.
 # "ort": onnxruntime's static quantization alone, without bias correction.
-# "nncf": NNCF's own QDQ placement (only the inputs of Conv and Gemm). It agrees best on B0, but
-#   onnxruntime fuses few of its convs, so it ran slower than the FP32 export.
+# "nncf": NNCF's own QDQ placement (only the inputs of Conv and Gemm). onnxruntime leaves many of
+#   its convs in float, so it ran no faster than FP32 on Lite0 and slower on B0.
 QUANTIZERS = ("ort-bc", "ort", "nncf")
 DEFAULT_QUANTIZER = "ort-bc"
 
@@ -118,7 +119,7 @@ def _export_float(model: torch.nn.Module, resolution: int, path: Path) -> None:
         raise RuntimeError(f"torch.onnx.export wrote no file at {path}")
 
 
-class _CalibrationReader:
+class _CalibrationReader(CalibrationDataReader):
     """Feeds calibration images one at a time to onnxruntime's calibrator, as the batch-1 graph needs."""
 
     def __init__(self, calibration: np.ndarray):
@@ -132,7 +133,7 @@ class _CalibrationReader:
 def _quantize_onnxruntime(float_path: Path, path: Path, calibration: np.ndarray, arch: str,
                           bias_correction: bool) -> tuple[dict, list[str]]:
     import onnxruntime
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     warnings: list[str] = []
     source = float_path
@@ -148,6 +149,10 @@ def _quantize_onnxruntime(float_path: Path, path: Path, calibration: np.ndarray,
         if corrected == 0:
             warnings.append("NNCF bias correction changed no bias; the model is quantized without it")
 
+    # onnxruntime's pre-processing (symbolic shape inference, basic graph optimizations) changed
+    # neither the graph nor the numbers of Lite0, but quantize_static recommends it and warns without it.
+    preprocessed = float_path.with_name("float-preprocessed.onnx")
+    quant_pre_process(str(source), str(preprocessed))
     activation_type = QuantType.QUInt8 if arch == "x86" else QuantType.QInt8
     # NOTE: onnxruntime 1.32's quantize_static docstring advises reduce_range=True (7-bit weights)
     # on x86 CPUs without VNNI, where U8S8 products can saturate. It cut the logit cosine to float
@@ -155,7 +160,7 @@ def _quantize_onnxruntime(float_path: Path, path: Path, calibration: np.ndarray,
     # The same docstring says Arm kernels often prefer symmetric int8 activations. These are
     # asymmetric, which keeps all 256 levels for ReLU6 outputs, and no Arm device has timed them.
     with contextlib.redirect_stdout(sys.stderr):
-        quantize_static(str(source), str(path), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(preprocessed), str(path), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=False, activation_type=activation_type,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         use_external_data_format=False)
