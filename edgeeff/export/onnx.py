@@ -157,7 +157,7 @@ def _quantize_onnxruntime(float_path: Path, path: Path, calibration: np.ndarray,
     # NOTE: onnxruntime 1.32's quantize_static docstring advises reduce_range=True (7-bit weights)
     # on x86 CPUs without VNNI, where U8S8 products can saturate. It cut the logit cosine to float
     # from 0.98 to 0.93 on Lite0 at 224 px, so it is off. Agreement was measured on a VNNI CPU only.
-    # The same docstring says Arm kernels often prefer symmetric int8 activations. These are
+    # The same docstring notes that Arm kernels often prefer symmetric int8 activations. These are
     # asymmetric, which keeps all 256 levels for ReLU6 outputs, and no Arm device has timed them.
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(str(preprocessed), str(path), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
