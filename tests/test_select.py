@@ -1,8 +1,9 @@
 """`edgeeff select`: latency fit, measuring plan, decision, accuracy ranking, cache, CLI.
 
-Most tests drive the selection with synthetic latencies computed from the paper's MAC counts,
-so they need no export. The end-to-end tests export B0, Lite0 and B1 at 64 px to ONNX on this
-host, once per module, and reuse that cache and results database.
+Most tests drive the selection with synthetic latencies computed from the MAC counts of the
+EfficientNet paper's Table 2 (Tan and Le, 2019), so they need no export. The end-to-end tests
+export B0, Lite0 and B1 at 64 px to ONNX on this host, once per module, and reuse that cache
+and results database.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ B_MODELS = [f"b{i}" for i in range(8)]
 
 
 def synthetic_candidates(names=B_MODELS) -> list[Candidate]:
-    """Candidates at native resolution with the paper's params and MACs (no model is built)."""
+    """Candidates at native resolution with the paper's Table 2 params and MACs (no model is built)."""
     return [Candidate(variant=VARIANTS[name], resolution=VARIANTS[name].resolution,
                       params=int(VARIANTS[name].paper_params), macs=int(VARIANTS[name].paper_macs))
             for name in names]
@@ -86,6 +87,21 @@ def test_fit_error_unknown_below_three_points():
     fit = fit_latency([1e9, 2e9], [1.0, 2.0])
     assert fit is not None
     assert fit.error is None
+
+
+def test_fit_rejects_falling_latency():
+    assert fit_latency([1e9, 2e9, 4e9], [3.0, 2.0, 1.0]) is None
+
+
+def test_no_fit_measures_top_candidate():
+    # Without a fit nothing can be ruled out by prediction, so the largest candidate is measured.
+    def falling(candidate: Candidate) -> float:
+        return 10.0 - candidate.macs / 1e10
+
+    selection, recorder = select_synthetic(9.95, law=falling, names=["b0", "b1", "b2", "b3", "b4"])
+    assert selection.fit is None
+    assert recorder.measured == ["b0@224", "b1@240", "b2@260", "b4@380"]
+    assert selection.decision.choice.name == "b4"
 
 
 def test_fit_inverse_gives_macs_for_latency():

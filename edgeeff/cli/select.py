@@ -48,18 +48,23 @@ def candidate_table(result) -> Table:
     title = (f"{result.device_name}: {result.target} {result.precision}, {metric} budget {settings.budget_ms:g} ms"
              + (" (untrained weights: latency only)" if result.untrained else ""))
     table = Table(title=title, title_justify="left")
+
     columns = ["φ", "Model", "Res (px)", "Params (M)", "MACs (G)"]
     if settings.by_accuracy:
         columns.append("Top-1")
     columns += [f"{metric} (ms)", "Source", "Predicted (ms)", "Pred. error", "Within budget", "Frontier"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("Model", "Source", "Within budget") else "right")
+
     for candidate in selection.candidates:
         latency = candidate.latency(metric)
         source = candidate.measured.source if candidate.measured else "predicted"
-        within = "-" if latency is None else ("yes" if latency <= settings.budget_ms else "no")
-        if source == "predicted" and latency is not None:
-            within += " (predicted)"
+        if latency is None:
+            within = "-"
+        else:
+            within = "yes" if latency <= settings.budget_ms else "no"
+            if source == "predicted":
+                within += " (predicted)"
         error = candidate.prediction_error(metric)
         name = candidate.name + (" ← choice" if candidate is choice else "")
         row = [f"{candidate.variant.phi:g}", name, str(candidate.resolution), f"{candidate.params / 1e6:.1f}",
@@ -94,7 +99,7 @@ def _on_event(event: dict) -> None:
     kind = event["event"]
     if kind == "measure":
         predicted = "" if event["predicted_ms"] is None else f", predicted {event['predicted_ms']:.2f} ms"
-        stderr.print(f"measure {event['candidate']} ({event['why']}{predicted})", highlight=False)
+        stderr.print(f"measure {event['candidate']} ({event['reason']}{predicted})", highlight=False)
     elif kind == "measured":
         stderr.print(f"  {event['candidate']}: {event['latency_ms']:.2f} ms", highlight=False)
     elif kind == "stored":

@@ -1,6 +1,6 @@
 """The export cache of `edgeeff select`: one verified artifact per key, reused across runs.
 
-The key holds everything that changes the artifact: the weights (checkpoint sha256, or
+The key contains everything that changes the artifact: the weights (checkpoint sha256, or
 untrained), the variant's scaling, the input resolution, the class count, precision, target,
 CPU family, the calibration settings, and the versions of every export tool. An entry is a
 folder named by the key's hash, containing the artifact, its sidecar and key.json. An entry

@@ -87,16 +87,24 @@ class Candidate:
             "latency_ms": latency, "latency_source": self.measured.source if self.measured else "predicted",
             "within_budget": None if latency is None else latency <= budget_ms,
             "predicted_ms": self.predicted_ms, "predicted_before_ms": self.predicted_before_ms,
-            "prediction_error": self.prediction_error(metric), "on_frontier": self.on_frontier,
+            "prediction_error": self.prediction_error(metric),
+            "prediction_error_before": self.prediction_error_before(metric), "on_frontier": self.on_frontier,
             "measurement": self.measured.to_dict() if self.measured else None,
         }
 
     def prediction_error(self, metric: str) -> float | None:
-        """Return (predicted − measured) / measured for a measured point with a prediction."""
-        if self.measured is None or self.predicted_ms is None:
+        """Return (predicted − measured) / measured of the final fit's leave-one-out prediction."""
+        return self._relative_error(self.predicted_ms, metric)
+
+    def prediction_error_before(self, metric: str) -> float | None:
+        """Return (predicted − measured) / measured of the prediction made before measuring."""
+        return self._relative_error(self.predicted_before_ms, metric)
+
+    def _relative_error(self, prediction: float | None, metric: str) -> float | None:
+        if self.measured is None or prediction is None:
             return None
         value = self.measured.metric(metric)
-        return None if not value else (self.predicted_ms - value) / value
+        return None if not value else (prediction - value) / value
 
 
 def native_resolution(variant: Variant) -> int:

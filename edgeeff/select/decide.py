@@ -3,8 +3,8 @@
 Candidates are ranked by φ (then resolution, then MACs), or by accuracy when an accuracy source
 covers them. The choice is the highest-ranked candidate whose measured latency is within the
 budget: a prediction alone never makes the choice. Higher-ranked candidates that were not
-measured are over budget by prediction; when the fit error exceeds the limit and one of them
-could be within budget at that error, the decision is refused.
+measured are over budget by prediction. The decision is refused when the fit error exceeds the
+limit and one of them could be within budget at that error.
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def decide(candidates: list[Candidate], metric: str, budget_ms: float, fit: Late
         at_risk = [c for c in unmeasured
                    if error is None or c.predicted_ms is None or c.predicted_ms * (1 - error) <= budget_ms]
         if at_risk:
-            shown = "unknown (fewer than 3 measured points)" if error is None else f"{error:.0%}"
-            reason = (f"fit error {shown} exceeds --max-fit-error {max_fit_error:.0%}, and within that error "
+            error_text = "unknown (fewer than 3 measured points)" if error is None else f"{error:.0%}"
+            reason = (f"fit error {error_text} exceeds --max-fit-error {max_fit_error:.0%}, and within that error "
                       f"{', '.join(c.label for c in at_risk)} could be within the {budget_ms:g} ms budget, but "
                       "were not measured; rerun with --measure-all to measure them, or raise --max-fit-error")
             return Decision(REFUSED, None, reason, relies_on=[c.label for c in unmeasured])

@@ -29,8 +29,8 @@ MIN_POINTS_FOR_ERROR = 3
 class LatencyFit:
     """A fitted latency model: the chosen form, its coefficients and its leave-one-out error.
 
-    `error` is None when fewer than three points were measured. `errors` holds the error of each
-    form that could be fitted, so a report can show why one was chosen.
+    `error` is None when fewer than three points were measured. `errors` maps each form that
+    could be fitted to its error, so a report can show why one was chosen.
     """
 
     kind: str
@@ -89,6 +89,8 @@ def _fit_loglog(macs: np.ndarray, latency: np.ndarray) -> dict | None:
     if np.any(macs <= 0) or np.any(latency <= 0):
         return None
     b, a = np.polyfit(np.log(macs), np.log(latency), 1)
+    if not b > 0:
+        return None  # latency that falls as MACs grow is noise, not a model to extrapolate
     return {"a": float(a), "b": float(b)}
 
 
@@ -121,7 +123,7 @@ def fit_latency(macs: list[float], latency_ms: list[float]) -> LatencyFit | None
     """Fit both forms to measured (MACs, latency) points; return the better one, or None.
 
     None means no form could be fitted: fewer than two distinct MAC counts, or latency that
-    does not grow with MACs in any fitted form.
+    does not grow with MACs in either form. Without a fit every candidate gets measured.
     """
     macs_array = np.asarray(macs, dtype=np.float64)
     latency_array = np.asarray(latency_ms, dtype=np.float64)

@@ -1,8 +1,8 @@
 """Measuring a candidate for real: export on demand through the cache, profile on the device, store the record.
 
 A stored measurement is reused when the results database has one for the same device
-fingerprint, artifact sha256, thread count and runtime version (and the same timing tool where
-the device says which it uses).
+fingerprint, artifact sha256, thread count and runtime version. Where the device object names
+its timing tool (host and adb), the stored record must come from the same tool.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class CheckpointInfo:
 
 @dataclass
 class ExportSettings:
-    """How candidates are exported: target, precision, CPU family and calibration.
+    """Export settings of the candidates: target, precision, CPU family and calibration.
 
     Few calibration images suffice for latency: the INT8 graph, and so its speed, does not
     depend on the ranges. Artifacts meant for shipping need `edgeeff export` with a full

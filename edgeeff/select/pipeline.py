@@ -1,9 +1,9 @@
 """`select_model`: from a device, a budget and a list of models to a decision and its record.
 
-Steps: resolve the device profile (budget, metric, runtime and thread defaults), build the
-candidates with their counts, attach accuracy, open the device, run the measuring loop with
-exports through the cache and measurements through the results database, then build the JSON
-decision record.
+Steps: resolve the device profile, which gives the budget, metric, runtime and thread
+defaults. Build the candidates with their counts and attach accuracy. Open the device and run
+the measuring loop, with exports through the cache and measurements through the results
+database. Last, build the JSON decision record.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The measuring loop: cheapest points first, fit, predict, then measure around the budget.
 
-`run_selection` knows nothing of exports or devices: it calls `measure(candidate)` for a
+`run_selection` does not export or open devices: it calls `measure(candidate)` for a
 latency and `lookup(candidate)` for a stored one, so tests can drive it with synthetic data.
 """
 
@@ -23,7 +23,7 @@ DEFAULT_MAX_FIT_ERROR = 0.15
 
 @dataclass
 class SelectionSettings:
-    """What the selection optimizes and how far it trusts its latency model.
+    """Selection settings: the budget and metric, and how far the latency model is trusted.
 
     `fit_points` cheapest candidates (by MACs) are always measured. With `measure_all`, every
     candidate is measured and nothing is left to prediction.
@@ -107,8 +107,8 @@ def run_selection(candidates: list[Candidate], settings: SelectionSettings, meas
     """Measure as few candidates as the decision needs, then decide.
 
     Order: reuse stored measurements (`lookup`); measure the `fit_points` cheapest candidates;
-    then, after each refit, measure the cheapest of the candidates `plan_measurements` asks for,
-    until it asks for none. With `measure_all` every candidate is measured, cheapest first.
+    then, after each refit, measure the cheapest of the candidates `plan_measurements` returns,
+    until it returns none. With `measure_all` every candidate is measured, cheapest first.
     `device` names the device and its settings in the message and hints when no candidate fits.
     """
     device = device or DeviceContext()
@@ -127,9 +127,9 @@ def run_selection(candidates: list[Candidate], settings: SelectionSettings, meas
                 candidate.measured = point
                 emit({"event": "stored", "candidate": candidate.label, "latency_ms": point.metric(metric)})
 
-    def take(candidate: Candidate, why: str) -> None:
+    def take(candidate: Candidate, reason: str) -> None:
         before = candidate.predicted_ms
-        emit({"event": "measure", "candidate": candidate.label, "why": why, "predicted_ms": before})
+        emit({"event": "measure", "candidate": candidate.label, "reason": reason, "predicted_ms": before})
         point = measure(candidate)
         value = point.metric(metric)
         if value is None:
