@@ -5,9 +5,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+# Signals that stop a run; the CLI turns both into KeyboardInterrupt.
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _default_file_mode() -> int:
+    """Return the mode a new file gets from open(): 0o666 less the process umask."""
+    try:
+        # Linux reports the umask here; reading it does not change it for other threads.
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -28,10 +47,55 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates the file as 0o600; give the artifact the permissions open() would.
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on the first one received.
+
+    Use it around short steps that must not be split, such as renaming an artifact and its
+    sidecar into place. Outside the main thread, where Python cannot set handlers, and for a
+    signal whose handler was not set from Python, it defers nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in INTERRUPT_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
+    """Yield a temporary path for each of `paths`, for files that must appear together.
+
+    When the block succeeds, the files are renamed into place in the order given, with SIGINT
+    and SIGTERM held, so an interrupt leaves all of them under their final names or none. On
+    any error, every temporary file is removed. SIGKILL or a power loss between two renames
+    can still publish only the first ones.
+    """
+    with contextlib.ExitStack() as publish:
+        with contextlib.ExitStack() as temporaries:
+            # ExitStack exits in reverse order, so entering the last path first renames the first path first.
+            tmps = [temporaries.enter_context(atomic_path(path)) for path in reversed(paths)][::-1]
+            yield tmps
+            publish.enter_context(interrupts_deferred())
 
 
 def write_json_atomic(path: str | Path, data) -> None:

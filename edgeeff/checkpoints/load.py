@@ -97,8 +97,9 @@ def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, to
                 "re-save it as a state dict, or pass --trust-checkpoint if you trust its source") from exc
         raise CheckpointError(f"not a PyTorch checkpoint: {path} ({exc}); pass a .pt/.pth state dict") from exc
     except Exception as exc:  # torch.load raises KeyError, EOFError, RuntimeError... on non-checkpoints
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"failed to read checkpoint {path}: {first_line}; "
+        # torch's zip reader appends several sentences of advice; its first sentence names the fault.
+        first_sentence = (str(exc).splitlines() or [""])[0].split(". ")[0]
+        raise CheckpointError(f"failed to read checkpoint {path} ({type(exc).__name__}: {first_sentence}); "
                               "the file is truncated or not a PyTorch checkpoint") from exc
     meta: dict = {}
     if isinstance(obj, torch.nn.Module):

@@ -2,7 +2,8 @@
 
 Each command module imports its heavy dependencies (torch, converters) inside the command, so
 `edgeeff agent serve` and `edgeeff predict` start on a device that has only the runtimes.
-Exit codes: 0 success, 1 a step failed (export, verification, a gate), 2 invalid input or usage.
+Exit codes: 0 success, 1 a step failed (export, verification, a gate), 2 invalid input or usage,
+130 interrupted by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 import warnings
 
 import click
 
 from edgeeff.cli.common import EXIT_USAGE, handle_errors
+
+# 128 + SIGINT, the shell's code for a run stopped by Ctrl-C; SIGTERM exits with it too.
+EXIT_INTERRUPTED = 130
 
 # (module, attribute) of each command; modules owned by other parts of the package.
 COMMANDS = (
@@ -36,8 +41,13 @@ class EdgeeffGroup(click.Group):
     """A click group that turns known errors into one-line messages and exit codes."""
 
     def invoke(self, ctx: click.Context):
-        with handle_errors():
-            return super().invoke(ctx)
+        try:
+            with handle_errors():
+                return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Caught here because click's own handler would print "Aborted!" and exit 1.
+            click.echo("interrupted: no partial artifact was kept", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 @click.group(cls=EdgeeffGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,12 +92,18 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (from CI cancellation, timeout or kill) unwinds like Ctrl-C, so temporary files are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:
         click.echo("interrupted: no partial artifact was kept", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 __all__ = ["EXIT_USAGE", "cli", "main"]

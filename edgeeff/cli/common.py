@@ -41,7 +41,8 @@ def handle_errors() -> Iterator[None]:
         if log.isEnabledFor(logging.DEBUG):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+        # soft_wrap keeps the message on one line however narrow the terminal or CI log is.
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
 
 

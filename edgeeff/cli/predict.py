@@ -16,7 +16,11 @@ from edgeeff.cli.common import print_json, stderr, stdout
 def predict_command(artifact: str, images: tuple[str, ...], top_k: int, threads: int | None, as_json: bool) -> None:
     """Classify IMAGES with ARTIFACT (.pte, .tflite or .onnx) using its sidecar's preprocessing."""
     from edgeeff.predict import predict
+    from edgeeff.profile.fingerprint import usable_cores
+    from edgeeff.profile.local import check_threads
 
+    # Rejected like `edgeeff profile` does: more threads than cores only oversubscribes them.
+    check_threads(threads, usable_cores(), "this host")
     result = predict(artifact, list(images), top_k, threads)
     if as_json:
         print_json(result)

@@ -149,6 +149,12 @@ def profile_command(artifacts, device_spec, threads, warmup, runs, target_rse, t
     settings = _settings(profile, threads, warmup, runs, target_rse, time_cap)
     database = None if no_save else ResultsDatabase(db_path)
     opened = [Artifact.open(path) for path in artifacts]
+    if database is not None:
+        try:
+            # A corrupt file, or a folder that cannot hold one, fails here instead of after the timed runs.
+            database.query(limit=1)
+        except ResultsDatabaseError as exc:
+            raise StepFailed(str(exc)) from exc
     device = open_device(profile, token=token, benchmark_binaries=parse_binary_options(benchmark_binaries),
                          adb=adb_path, timeout_s=timeout)
     try:

@@ -32,6 +32,7 @@ class CalibrationData:
     calibration_files: list[str] = field(default_factory=list)
     holdout_files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    upscaled: list[str] = field(default_factory=list)
 
 
 def bundled_calibration_folder() -> Path:
@@ -62,7 +63,8 @@ def load_calibration(folder: str | Path | None, preprocessing: Preprocessing, re
     """Read, split and preprocess a folder of images (the bundled photos when `folder` is None).
 
     `progress`, when given, is called with (done, total) after each image so the CLI can draw
-    a progress bar. Unreadable files are skipped and listed in `skipped`.
+    a progress bar. Unreadable files are skipped and listed in `skipped`. Images smaller than
+    `resolution` are upscaled and listed in `upscaled`.
     """
     if calib_size < 1:
         raise DataError(f"invalid --calib-size {calib_size}: use a positive number of images")
@@ -99,4 +101,5 @@ def load_calibration(folder: str | Path | None, preprocessing: Preprocessing, re
     if len(holdout) == 0:
         holdout, holdout_kept = calibration[:1], calib_kept[:1]
     return CalibrationData(calibration=calibration, holdout=holdout, source=str(root), bundled=bundled,
-                           calibration_files=calib_kept, holdout_files=holdout_kept, skipped=report.skipped)
+                           calibration_files=calib_kept, holdout_files=holdout_kept, skipped=report.skipped,
+                           upscaled=report.upscaled)

@@ -5,6 +5,7 @@ No torch here: the same reader serves calibration, `predict` and the device agen
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -81,10 +84,12 @@ class Sample:
 
 @dataclass
 class LoadReport:
-    """Counts from reading a folder: images used and unreadable files skipped."""
+    """Counts from reading a folder: images used, unreadable files skipped, small images upscaled."""
 
     used: int = 0
     skipped: list[str] = field(default_factory=list)
+    # Images whose shorter side is below the model's resolution: used, but upscaled.
+    upscaled: list[str] = field(default_factory=list)
 
 
 def sample_images(folder: str | Path, count: int | None, seed: int = 0) -> list[Sample]:
@@ -97,6 +102,11 @@ def sample_images(folder: str | Path, count: int | None, seed: int = 0) -> list[
     if classes:
         index = {name: i for i, name in enumerate(classes)}
         samples = [Sample(p, index[p.relative_to(root).parts[0]]) for p in files]
+        found = {s.label for s in samples}
+        empty = [name for name in classes if index[name] not in found]
+        if empty:
+            log.warning("class folders without images in %s: %d (first: %s); they still count as classes, so the "
+                        "other classes keep their indices", root, len(empty), empty[0])
     else:
         samples = [Sample(p) for p in files]
     if count is not None and count < len(samples):
@@ -114,11 +124,15 @@ def load_batch(samples: list[Sample], transform, resolution: int,
     arrays, kept = [], []
     for s in samples:
         try:
-            arrays.append(transform(open_rgb(s.path), resolution))
+            image = open_rgb(s.path)
+            arrays.append(transform(image, resolution))
             kept.append(s)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             if report is not None:
                 report.skipped.append(f"{s.path}: {exc}")
+            continue
+        if report is not None and min(image.size) < resolution:
+            report.upscaled.append(str(s.path))
     if report is not None:
         report.used += len(kept)
     if not arrays:

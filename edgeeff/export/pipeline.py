@@ -5,12 +5,14 @@ Steps, in order:
 2. read calibration photos and a held-out split at the variant's resolution;
 3. compute the float model's logits on the held-out images as the reference;
 4. per target and precision: the backend writes a temporary file, the artifact is verified in
-   its own runtime, the sidecar is written, and only then the artifact takes its final name.
+   its own runtime, the sidecar is written beside it, and only then do both take their final names.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from edgeeff.checkpoints import LoadedModel
 from edgeeff.data.calibration import CalibrationData, load_calibration
 from edgeeff.export.base import ARCHES, PRECISIONS, ExportDetails, ExportRequest
 from edgeeff.export.verify import FP32_TOLERANCE, verify_artifact
-from edgeeff.io import atomic_path, check_writable_dir, file_lock, write_json_atomic
+from edgeeff.io import atomic_paths, check_writable_dir, file_lock
 from edgeeff.models.counting import count_macs, count_params
 from edgeeff.runtime import SUFFIX_RUNTIME
 from edgeeff.sidecar import IMAGENET_LABELS, SCHEMA_VERSION, sidecar_path, tool_versions
@@ -176,6 +178,14 @@ def _weights_metadata(loaded: LoadedModel) -> dict:
 def prepare_data(loaded: LoadedModel, options: ExportOptions, progress=None) -> CalibrationData:
     data = load_calibration(options.calib, loaded.preprocessing, loaded.resolution, options.calib_size,
                             options.verify_size, options.seed, progress)
+    used = len(data.calibration_files) + len(data.holdout_files)
+    if data.skipped:
+        log.warning("skipped %d unreadable image files in %s (first: %s)", len(data.skipped), data.source,
+                    data.skipped[0])
+    if data.upscaled:
+        log.warning("%d of %d images in %s are smaller than %d px and were upscaled (first: %s); calibrate with "
+                    "images at least as large as the model input", len(data.upscaled), used, data.source,
+                    loaded.resolution, data.upscaled[0])
     if not loaded.trained:
         warm_batchnorm(loaded.model, data.calibration)
     return data
@@ -189,7 +199,8 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
     started = time.perf_counter()
     record = ArtifactRecord(target=target, precision=precision, path=None)
     try:
-        with file_lock(final), atomic_path(final) as tmp:
+        # The artifact and its sidecar are renamed into place together, after verification.
+        with file_lock(final), atomic_paths(final, sidecar_path(final)) as (tmp, sidecar_tmp):
             request = ExportRequest(model=loaded.model, resolution=loaded.resolution, precision=precision,
                                     path=tmp, calibration=data.calibration if precision == "int8" else None,
                                     arch=arch)
@@ -216,21 +227,26 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
                 "quantization": details.quantization,
                 "graph": details.graph,
                 "verification": {**verification, "holdout_source": data.source,
-                                 "calibration_images": len(data.calibration) if precision == "int8" else 0},
+                                 "calibration_images": len(data.calibration) if precision == "int8" else 0,
+                                 "skipped_images": len(data.skipped), "upscaled_images": len(data.upscaled)},
                 "export_seconds": round(export_seconds, 2),
                 "warnings": details.warnings + loaded.notes,
                 "tool_versions": tool_versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": options.command,
             }
-            write_json_atomic(sidecar_path(final), sidecar)
+            sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
         record.path, record.sidecar = final, sidecar
     except ExportError as exc:
         record.error = str(exc)
     except Exception as exc:  # converters raise many types; one target's failure must not stop the rest
         log.debug("export failed", exc_info=True)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        record.error = f"{target} {precision} export failed: {type(exc).__name__}: {first_line}"
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            record.error = (f"{target} {precision} export failed: {exc.strerror} while writing to {options.output}; "
+                            "free space or pass --output on another disk")
+        else:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            record.error = f"{target} {precision} export failed: {type(exc).__name__}: {first_line}"
     record.seconds = time.perf_counter() - started
     return record
 
@@ -250,15 +266,29 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
     for target in options.targets:
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)} or all")
+    created = not options.output.exists()
     check_writable_dir(options.output)
-    data = prepare_data(loaded, options, progress)
-    reference = float_logits(loaded.model, data.holdout)
-    model_meta = _model_metadata(loaded)
-    records = []
-    for precision in options.precisions:
-        for target in options.targets:
-            record = export_one(loaded, data, reference, target, precision, options, model_meta)
-            records.append(record)
-            if on_record:
-                on_record(record)
+    try:
+        data = prepare_data(loaded, options, progress)
+        reference = float_logits(loaded.model, data.holdout)
+        model_meta = _model_metadata(loaded)
+        records = []
+        for precision in options.precisions:
+            for target in options.targets:
+                record = export_one(loaded, data, reference, target, precision, options, model_meta)
+                records.append(record)
+                if on_record:
+                    on_record(record)
+    except BaseException:
+        # Bad calibration data or an interrupt must not leave behind an empty folder this run created.
+        if created:
+            _remove_if_empty(options.output)
+        raise
     return records
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (another run's files or a lock file) or already gone

@@ -213,8 +213,13 @@ def arch_config(variant: Variant, num_classes: int = 1000, padding: str = "symme
                       padding=padding, bn_eps=bn_eps)
 
 
+# An estimate of where export stops being practical, not a limit of the network: at 4096 px
+# B0's stem output alone is 32 x 2048 x 2048 float32 values (512 MiB) per image, about 7x B7's 600 px.
+MAX_RESOLUTION = 4096
+
+
 def with_resolution(variant: Variant, resolution: int) -> Variant:
     """Return the variant exported at another input size; the network is fully convolutional."""
-    if resolution < 32 or resolution % 2:
-        raise ValueError(f"invalid resolution {resolution}: use an even size of at least 32 px")
+    if resolution < 32 or resolution % 2 or resolution > MAX_RESOLUTION:
+        raise ValueError(f"invalid resolution {resolution}: use an even size from 32 to {MAX_RESOLUTION} px")
     return replace(variant, resolution=resolution)

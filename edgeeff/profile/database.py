@@ -119,6 +119,10 @@ class ResultsDatabase:
         if version > SCHEMA_VERSION:
             raise ResultsDatabaseError(f"results database {self.path} has schema {version}, newer than this edgeeff "
                                        f"reads ({SCHEMA_VERSION}); upgrade edgeeff or pass --db with another file")
+        if version == SCHEMA_VERSION:
+            # Already set up. Skipping the writes below lets a reader work while another process writes.
+            self._initialized = True
+            return
         # WAL lets readers and one writer work at once; several writers wait up to the busy timeout.
         connection.execute("PRAGMA journal_mode=WAL")
         columns = ",\n".join(f"{name} {kind}" for name, kind in COLUMNS.items())
