@@ -77,21 +77,40 @@ def _table(records):
               help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar records as JSON.")
+@click.option("--from-qat", "from_qat", type=click.Path(file_okay=False), metavar="RUN",
+              help="Export a finished `edgeeff qat` run folder: INT8 ExecuTorch and ONNX keep its learned "
+              "quantization parameters, TFLite INT8 re-calibrates its weights. Replaces the model options.")
 def export_command(model, phi, alpha, beta, gamma, lite, checkpoint, checkpoint_format, trust_checkpoint,
                    labels_file, num_classes, resolution, target, int8, precision, calib, calib_size, verify_size,
-                   arch, output, seed, as_json) -> None:
+                   arch, output, seed, as_json, from_qat) -> None:
     """Export a model to verified .pte, .tflite and .onnx artifacts, in FP32 and/or INT8."""
     from rich.progress import Progress
 
     from edgeeff.export.pipeline import ExportOptions, export_model, parse_targets
 
     targets = parse_targets(target)
-    loaded = resolve_from_options(model, phi, alpha, beta, gamma, lite, checkpoint, checkpoint_format,
-                                  trust_checkpoint, labels_file, num_classes, resolution)
+    qat_source = None
+    if from_qat:
+        from edgeeff.qat.export import QATExportSource, load_qat_run
+
+        if any(value not in (None, False) for value in (model, phi, alpha, beta, gamma, lite, checkpoint,
+                                                        checkpoint_format, labels_file, num_classes, resolution)):
+            raise click.UsageError("--from-qat takes the model, weights and resolution from the QAT run: "
+                                   "drop the model options")
+        qat_run = load_qat_run(from_qat)
+        loaded, qat_source = qat_run.loaded, QATExportSource(qat_run)
+        if calib is None:
+            train_dir = qat_run.data_path / "train"
+            calib = str(train_dir if train_dir.is_dir() else qat_run.data_path)
+            stderr.print(f"calibration: no --calib given, using the QAT run's training images in {calib}",
+                         highlight=False)
+    else:
+        loaded = resolve_from_options(model, phi, alpha, beta, gamma, lite, checkpoint, checkpoint_format,
+                                      trust_checkpoint, labels_file, num_classes, resolution)
     warn_untrained(loaded.trained)
     options = ExportOptions(targets=targets, precisions=_precisions(precision, int8), output=Path(output),
                             calib=Path(calib) if calib else None, calib_size=calib_size, verify_size=verify_size,
-                            arch=arch, seed=seed, command=shlex.join(["edgeeff", *sys.argv[1:]]))
+                            arch=arch, seed=seed, command=shlex.join(["edgeeff", *sys.argv[1:]]), qat=qat_source)
     if options.calib is None:
         stderr.print("calibration: no --calib given, using the bundled photos in calib/photos "
                      "(real photos, see calib/PROVENANCE.md)", highlight=False)

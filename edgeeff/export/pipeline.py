@@ -130,6 +130,9 @@ class ExportOptions:
     fp32_tolerance: float = FP32_TOLERANCE
     seed: int = 0
     command: str | None = None
+    # A finished QAT run (edgeeff.qat.export.QATExportSource). Its INT8 backends replace the
+    # calibrating ones, and INT8 artifacts are verified against the QAT model, not the float one.
+    qat: object | None = None
 
 
 @dataclass
@@ -204,9 +207,12 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
             request = ExportRequest(model=loaded.model, resolution=loaded.resolution, precision=precision,
                                     path=tmp, calibration=data.calibration if precision == "int8" else None,
                                     arch=arch)
-            details = _backend(target)(request)
+            qat_backend = options.qat.backend_for(target, precision) if options.qat is not None else None
+            details = (qat_backend or _backend(target))(request)
             export_seconds = time.perf_counter() - started
             verification = verify_artifact(tmp, data.holdout, reference, precision, options.fp32_tolerance)
+            from_qat = options.qat is not None and precision == "int8"
+            verification["reference"] = "qat int8 model" if from_qat else "float model"
             if not verification["passed"]:
                 raise ExportError(f"{target} {precision} verification failed: {verification.get('reason')}")
             sidecar = {
@@ -271,11 +277,15 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
     try:
         data = prepare_data(loaded, options, progress)
         reference = float_logits(loaded.model, data.holdout)
+        int8_reference = reference
+        if options.qat is not None and "int8" in options.precisions:
+            int8_reference = options.qat.int8_logits(data.holdout)
         model_meta = _model_metadata(loaded)
         records = []
         for precision in options.precisions:
             for target in options.targets:
-                record = export_one(loaded, data, reference, target, precision, options, model_meta)
+                record = export_one(loaded, data, int8_reference if precision == "int8" else reference, target,
+                                    precision, options, model_meta)
                 records.append(record)
                 if on_record:
                     on_record(record)
