@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("executorch", "tflite", "onnx")
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
+# INT8 targets whose quantizer has no bias correction: ai-edge-quantizer for TFLite. ONNX runs
+# NNCF's correction itself, and NNCF's quantize_pt2e for ExecuTorch applies fast bias correction.
+BIAS_CORRECTED_TARGETS = ("tflite",)
 RUNTIME = {target: SUFFIX_RUNTIME[suffix] for target, suffix in SUFFIX.items()}
 
 
@@ -129,6 +132,8 @@ class ExportOptions:
     arch: str | None = None
     fp32_tolerance: float = FP32_TOLERANCE
     seed: int = 0
+    # Carry NNCF's bias correction into the INT8 targets whose quantizers have none of their own.
+    bias_correction: bool = True
     command: str | None = None
     # A finished QAT run (edgeeff.qat.export.QATExportSource). Its INT8 backends replace the
     # calibrating ones, and INT8 artifacts are verified against the QAT model, not the float one.
@@ -195,8 +200,13 @@ def prepare_data(loaded: LoadedModel, options: ExportOptions, progress=None) -> 
 
 
 def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray, target: str,
-               precision: str, options: ExportOptions, model_meta: dict) -> ArtifactRecord:
-    """Export, verify and publish one artifact; the final name appears only on success."""
+               precision: str, options: ExportOptions, model_meta: dict,
+               corrected: tuple[torch.nn.Module, int] | None = None) -> ArtifactRecord:
+    """Export, verify and publish one artifact; the final name appears only on success.
+
+    `corrected` is the bias-corrected model and its count of changed layers, used for INT8
+    targets in BIAS_CORRECTED_TARGETS.
+    """
     final = options.output / artifact_name(loaded, precision, target)
     arch = options.arch or host_arch()
     started = time.perf_counter()
@@ -204,11 +214,14 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
     try:
         # The artifact and its sidecar are renamed into place together, after verification.
         with file_lock(final), atomic_paths(final, sidecar_path(final)) as (tmp, sidecar_tmp):
-            request = ExportRequest(model=loaded.model, resolution=loaded.resolution, precision=precision,
+            use_corrected = corrected is not None and precision == "int8" and target in BIAS_CORRECTED_TARGETS
+            request = ExportRequest(model=corrected[0] if use_corrected else loaded.model, resolution=loaded.resolution, precision=precision,
                                     path=tmp, calibration=data.calibration if precision == "int8" else None,
                                     arch=arch)
             qat_backend = options.qat.backend_for(target, precision) if options.qat is not None else None
             details = (qat_backend or _backend(target))(request)
+            if use_corrected:
+                details.quantization["bias_correction"] = f"nncf, computed on ONNX, {corrected[1]} layers"
             export_seconds = time.perf_counter() - started
             verification = verify_artifact(tmp, data.holdout, reference, precision, options.fp32_tolerance)
             from_qat = options.qat is not None and precision == "int8"
@@ -281,11 +294,17 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
         if options.qat is not None and "int8" in options.precisions:
             int8_reference = options.qat.int8_logits(data.holdout)
         model_meta = _model_metadata(loaded)
+        corrected = None
+        if (options.bias_correction and options.qat is None and "int8" in options.precisions
+                and set(options.targets) & set(BIAS_CORRECTED_TARGETS)):
+            from edgeeff.quantize.bias_correction import bias_corrected_model
+
+            corrected = bias_corrected_model(loaded.model, loaded.resolution, data.calibration)
         records = []
         for precision in options.precisions:
             for target in options.targets:
                 record = export_one(loaded, data, int8_reference if precision == "int8" else reference, target,
-                                    precision, options, model_meta)
+                                    precision, options, model_meta, corrected)
                 records.append(record)
                 if on_record:
                     on_record(record)

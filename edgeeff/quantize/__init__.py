@@ -1,0 +1,1 @@
+"""Quantization steps shared by the exporters."""
