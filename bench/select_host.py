@@ -37,6 +37,7 @@ from edgeeff.io import file_lock, write_json_atomic  # noqa: E402
 from edgeeff.profile import host_info  # noqa: E402
 from edgeeff.select.candidates import MeasuredPoint, parse_models, parse_resolutions  # noqa: E402
 from edgeeff.select.latency_model import fit_latency  # noqa: E402
+from edgeeff.select.measure import SelectStepError  # noqa: E402
 from edgeeff.select.pipeline import SelectRequest, select_model  # noqa: E402
 from edgeeff.select.search import SelectionSettings, run_selection  # noqa: E402
 
@@ -115,11 +116,14 @@ def format_section(results: list[dict], args: argparse.Namespace, info: dict, se
     lines.append("")
     lines.append(f"Command: `.venv/bin/python bench/select_host.py --formats {args.formats} --models {args.models} "
                  f"--resolutions {args.resolutions} --budget-ms {args.budget_ms:g} --runs {args.runs} "
-                 f"--calib-size {args.calib_size}`"
-                 + (f" (threads {args.threads})" if args.threads else " (runtime's default threads)")
-                 + f"; {seconds / 60:.0f} min in all. Load average (1 min) {load[0]:.1f} at the start and "
-                 f"{load[1]:.1f} at the end, on {info.get('cores')} cores: above the core count, other processes "
-                 "competed for the CPU and the latencies are noisy.")
+                 f"--calib-size {args.calib_size}" + (f" --threads {args.threads}`" if args.threads else
+                                                      "` (runtime's default threads)")
+                 + f". This run took {seconds / 60:.1f} min.")
+    measured_now = sum(r["selection"].counts()["measured_now"] for r in results if "selection" in r)
+    if measured_now:
+        lines[-1] += (f" Load average (1 min) {load[0]:.1f} at its start and {load[1]:.1f} at its end, on "
+                      f"{info.get('cores')} cores: above the core count, other processes competed for the CPU and "
+                      "the latencies are noisy.")
     lines.append("")
     lines.append("INT8, untrained weights with BatchNorm warmed on photos, "
                  f"{args.calib_size} calibration images per export: latency numbers only, never accuracy. "
@@ -131,6 +135,9 @@ def format_section(results: list[dict], args: argparse.Namespace, info: dict, se
               "*Leave-one-out*: the final fit's form refitted without that point. *Adaptive*: the default "
               "run replayed on these numbers; its prediction for a point just before measuring it.", ""]
     for result in results:
+        if "error" in result:
+            lines += [f"### {result['target']} INT8", "", f"Failed: {result['error']}", ""]
+            continue
         selection = result["selection"]
         metric = args.metric
         fit = selection.fit
@@ -139,6 +146,12 @@ def format_section(results: list[dict], args: argparse.Namespace, info: dict, se
         adaptive_points = {c.label: c for c in adaptive.candidates}
         lines.append(f"### {result['target']} INT8")
         lines.append("")
+        stamps = sorted(c.measured.created_at for c in selection.candidates if c.measured.created_at)
+        counts = selection.counts()
+        if stamps:
+            lines.append(f"Measured {stamps[0][:16]} to {stamps[-1][:16]} UTC; {counts['stored']} of "
+                         f"{counts['candidates']} points reused from the results database by this run.")
+            lines.append("")
         lines.append("| model | res (px) | GMACs | measured (ms) | seed fit (ms) | seed error | leave-one-out error "
                      "| adaptive: predicted before measuring |")
         lines.append("|---|---|---|---|---|---|---|---|")
@@ -146,10 +159,13 @@ def format_section(results: list[dict], args: argparse.Namespace, info: dict, se
             measured = candidate.measured.metric(metric)
             seed_prediction = seed_fit.predict(candidate.macs) if seed_fit else None
             replayed = adaptive_points[candidate.label]
-            before = "not measured"
-            if replayed.measured is not None:
-                before = ("seed point" if replayed.predicted_before_ms is None
-                          else f"{replayed.predicted_before_ms:.2f} ms ({_pct(replayed.prediction_error_before(metric))})")
+            if replayed.measured is None:
+                before = "not measured"
+            elif replayed.predicted_before_ms is None:
+                before = "no prediction (seed point or no fit yet)"
+            else:
+                error = _pct(replayed.prediction_error_before(metric))
+                before = f"{replayed.predicted_before_ms:.2f} ms ({error})"
             lines.append(f"| {candidate.name} | {candidate.resolution} | {candidate.macs / 1e9:.2f} | {measured:.2f} "
                          f"| {_ms(seed_prediction)} | {_pct(seed[candidate.label])} "
                          f"| {_pct(candidate.prediction_error(metric))} | {before} |")
@@ -199,6 +215,7 @@ def main(argv=None) -> int:
     variants = parse_models(args.models)
     resolutions = parse_resolutions(args.resolutions)
     results = []
+
     for target in [t.strip() for t in args.formats.split(",") if t.strip()]:
         print(f"== {target} INT8: measuring {len(variants)} models", flush=True)
         request = SelectRequest(device="host", budget_ms=args.budget_ms, metric=args.metric, target=target,
@@ -207,7 +224,12 @@ def main(argv=None) -> int:
                                 threads=args.threads, warmup=args.warmup, runs=args.runs,
                                 calib_size=args.calib_size, cache_dir=args.cache_dir, db_path=args.db,
                                 command="bench/select_host.py")
-        result = select_model(request, on_message=lambda message: print(f"  {message}", flush=True))
+        try:
+            result = select_model(request, on_message=lambda message: print(f"  {message}", flush=True))
+        except SelectStepError as exc:
+            print(f"   failed: {exc}", flush=True)
+            results.append({"target": target, "error": str(exc)})
+            continue
         selection = result.selection
         seed_fit, seed = seed_errors(selection.candidates, args.metric, args.fit_points)
         adaptive, order = replay_adaptive(selection.candidates, selection.settings)
@@ -216,6 +238,7 @@ def main(argv=None) -> int:
         if args.records:
             write_json_atomic(args.records / f"select-host-{target}-int8.json", result.record)
         print(f"   decision: {selection.decision.status} {selection.decision.reason}", flush=True)
+
     section = format_section(results, args, host_info(), time.perf_counter() - started,
                              (load_start, os.getloadavg()[0]))
     replace_section(args.docs, section)

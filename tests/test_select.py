@@ -93,15 +93,25 @@ def test_fit_rejects_falling_latency():
     assert fit_latency([1e9, 2e9, 4e9], [3.0, 2.0, 1.0]) is None
 
 
-def test_no_fit_measures_top_candidate():
-    # Without a fit nothing can be ruled out by prediction, so the largest candidate is measured.
+def test_no_fit_measures_cheapest_first():
+    # Without a fit nothing can be predicted, so points are added cheapest first, never B4 early.
     def falling(candidate: Candidate) -> float:
         return 10.0 - candidate.macs / 1e10
 
     selection, recorder = select_synthetic(9.95, law=falling, names=["b0", "b1", "b2", "b3", "b4"])
     assert selection.fit is None
-    assert recorder.measured == ["b0@224", "b1@240", "b2@260", "b4@380"]
+    assert recorder.measured == ["b0@224", "b1@240", "b2@260", "b3@300", "b4@380"]
     assert selection.decision.choice.name == "b4"
+
+
+def test_late_fit_resumes_boundary_search():
+    # B0–B2 fall with MACs (noise); once B3 is measured, the fit rules out B6 and B7.
+    def noisy(candidate: Candidate) -> float:
+        return {"b0": 3.0, "b1": 2.6, "b2": 2.2}.get(candidate.name, linear_latency()(candidate))
+
+    selection, recorder = select_synthetic(10.0, law=noisy, max_fit_error=10.0)
+    assert selection.decision.choice.name == "b3"
+    assert "b7@600" not in recorder.measured
 
 
 def test_fit_inverse_gives_macs_for_latency():
@@ -181,7 +191,32 @@ def test_high_fit_error_refuses_exit_4():
     assert decision.status == REFUSED
     assert decision.exit_code == 4
     assert "exceeds --max-fit-error 15%" in decision.reason
+    assert "best measured candidate within budget is b3@300" in decision.reason
     assert "b7@600" not in recorder.measured
+
+
+def _flat_top(candidate: Candidate) -> float:
+    """Noisy small models and a B6 faster than B5: predictions from MACs put B6 far over its real 8 ms."""
+    return {"b0": 1.0, "b1": 4.0, "b2": 1.5, "b3": 3.0, "b4": 5.0, "b5": 9.0, "b6": 8.0, "b7": 10.0}[candidate.name]
+
+
+def test_refusal_prevents_wrong_choice():
+    # B6 (8 ms) meets 8.5 ms, but the fit predicts about 19 ms for it: choosing B4 would be wrong.
+    selection, _ = select_synthetic(8.5, law=_flat_top)
+    assert selection.decision.status == REFUSED
+    assert "b6@528" in selection.decision.relies_on
+    measured_all, _ = select_synthetic(8.5, law=_flat_top, measure_all=True)
+    assert measured_all.decision.choice.name == "b6"
+
+
+def test_none_fits_stands_despite_fit_error():
+    def noisy(candidate: Candidate) -> float:
+        return {"b0": 1.0, "b1": 1.1, "b2": 2.2}.get(candidate.name, linear_latency()(candidate))
+
+    selection, recorder = select_synthetic(0.5, law=noisy)
+    assert selection.fit.error > 0.15
+    assert selection.decision.status == NONE_FITS
+    assert recorder.measured == ["b0@224", "b1@240", "b2@260"]
 
 
 def test_measure_all_decides_despite_fit_error():
@@ -340,6 +375,22 @@ def test_cli_bad_input_one_line_exit_2(args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_cli_accuracy_without_match_exit_2(tmp_path):
+    table = tmp_path / "accuracy.csv"
+    table.write_text("model,top1\nb5,83.6\n")
+    result = CliRunner().invoke(cli, ["select", "--budget-ms", "25", "--models", "b0,b1", "--accuracy", str(table),
+                                      "--cache-dir", str(tmp_path / "cache"), "--db", str(tmp_path / "r.sqlite")])
+    assert result.exit_code == 2, result.output
+    assert "no accuracy entry matches a candidate" in result.output
+
+
+def test_cli_checkpoint_of_other_variant_exit_2(tmp_path, lite0_checkpoint):
+    result = CliRunner().invoke(cli, ["select", "--budget-ms", "25", "--models", "b0,b1",
+                                      "--checkpoint", str(lite0_checkpoint), "--db", str(tmp_path / "r.sqlite")])
+    assert result.exit_code == 2, result.output
+    assert "is lite0, which is not among the candidates" in result.output
 
 
 def test_cli_help_documents_exit_codes():

@@ -113,7 +113,8 @@ Exit codes:
   1  an export or profile run failed, or the device could not be reached
   2  invalid input (for example a budget of 0 or below)
   3  no candidate meets the budget; the message names the fastest measured one and what would fit
-  4  refused: the fit error exceeds --max-fit-error and an unmeasured candidate could be within budget
+  4  refused: the fit error exceeds --max-fit-error, so candidates that were only predicted over
+     budget cannot be ruled out; rerun with --measure-all
 """
 
 

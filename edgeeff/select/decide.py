@@ -3,8 +3,8 @@
 Candidates are ranked by φ (then resolution, then MACs), or by accuracy when an accuracy source
 covers them. The choice is the highest-ranked candidate whose measured latency is within the
 budget: a prediction alone never makes the choice. Higher-ranked candidates that were not
-measured are over budget by prediction. The decision is refused when the fit error exceeds the
-limit and one of them could be within budget at that error.
+measured are over budget by prediction, so a choice is refused while the fit error exceeds the
+limit and such candidates remain.
 """
 
 from __future__ import annotations
@@ -70,31 +70,39 @@ def prediction_band(fit: LatencyFit | None, max_fit_error: float) -> float:
 
 
 def _within(candidate: Candidate, metric: str, budget_ms: float, band: float) -> bool:
-    """Return whether a candidate is, or could be, within budget: measured, else predicted minus the band."""
+    """Return whether a candidate is, or could be, within budget: measured, else by its lowest plausible latency."""
     if candidate.measured is not None:
         return candidate.measured.metric(metric) <= budget_ms
     if candidate.predicted_ms is None:
         return True
-    return candidate.predicted_ms * (1 - band) <= budget_ms
+    return lowest_plausible(candidate.predicted_ms, band) <= budget_ms
+
+
+def lowest_plausible(predicted_ms: float, error: float) -> float:
+    """Return the lowest latency consistent with a prediction whose relative error is at most `error`.
+
+    The error is |predicted − actual| / actual, so the actual latency is at least predicted / (1 + error).
+    """
+    return predicted_ms / (1 + error)
 
 
 def plan_measurements(candidates: list[Candidate], metric: str, budget_ms: float, fit: LatencyFit | None,
                       max_fit_error: float, by_accuracy: bool) -> list[Candidate]:
     """Return the unmeasured candidates the decision needs next (empty when it can be made).
 
-    The tentative choice is the highest-ranked candidate that is within budget, or could be
-    within the prediction band. It must be measured, and so must the next candidate above it,
-    which confirms where the budget boundary lies.
+    Needed are the contenders: unmeasured candidates ranked above the best measured one within
+    budget that could be within budget given the prediction band. The highest of them is the
+    tentative choice. Also needed is the next candidate above the tentative choice, which
+    confirms where the budget boundary lies. The caller measures the cheapest first and refits.
     """
     order = ranked(candidates, by_accuracy)
     band = prediction_band(fit, max_fit_error)
     possible = [index for index, c in enumerate(order) if _within(c, metric, budget_ms, band)]
-    needed = []
+    measured_within = [index for index in possible if order[index].measured is not None]
+    best_measured = measured_within[-1] if measured_within else -1
+    needed = [order[index] for index in possible if index > best_measured]
     if possible:
-        choice_index = possible[-1]
-        if order[choice_index].measured is None:
-            needed.append(order[choice_index])
-        above = order[choice_index + 1:]
+        above = order[possible[-1] + 1:]
     else:
         above = order
     if above and above[0].measured is None:
@@ -113,18 +121,43 @@ def decide(candidates: list[Candidate], metric: str, budget_ms: float, fit: Late
     error = fit.error if fit else None
 
     if unmeasured and (error is None or error > max_fit_error):
-        at_risk = [c for c in unmeasured
-                   if error is None or c.predicted_ms is None or c.predicted_ms * (1 - error) <= budget_ms]
-        if at_risk:
-            error_text = "unknown (fewer than 3 measured points)" if error is None else f"{error:.0%}"
-            reason = (f"fit error {error_text} exceeds --max-fit-error {max_fit_error:.0%}, and within that error "
-                      f"{', '.join(c.label for c in at_risk)} could be within the {budget_ms:g} ms budget, but "
-                      "were not measured; rerun with --measure-all to measure them, or raise --max-fit-error")
-            return Decision(REFUSED, None, reason, relies_on=[c.label for c in unmeasured])
+        refusal = refusal_reason(choice, unmeasured, metric, budget_ms, fit, max_fit_error)
+        if refusal:
+            return Decision(REFUSED, None, refusal, relies_on=[c.label for c in unmeasured])
     if choice is None:
         return Decision(NONE_FITS, None, "", relies_on=[c.label for c in unmeasured])
     return Decision(CHOSEN, choice, choice_reason(choice, above, metric, budget_ms, fit, by_accuracy),
                     relies_on=[c.label for c in unmeasured])
+
+
+def refusal_reason(choice: Candidate | None, unmeasured: list[Candidate], metric: str, budget_ms: float,
+                   fit: LatencyFit | None, max_fit_error: float) -> str | None:
+    """Explain why an untrusted fit cannot settle the decision, or return None when it can.
+
+    A choice is refused whenever a higher-ranked candidate was only predicted over budget.
+    "Nothing fits" is still reported when every unmeasured candidate stays over budget even at
+    the observed fit error. That claim needs only the larger models to be about as slow as
+    predicted, not the fine order near the budget.
+    """
+    error = fit.error if fit else None
+    if error is not None:
+        error_text = f"{error:.0%}"
+    elif fit is None or fit.points < 3:
+        error_text = "unknown (fewer than 3 measured points)"
+    else:
+        error_text = "unknown (a leave-one-out fit failed)"
+    if choice is None:
+        at_risk = [c for c in unmeasured
+                   if error is None or c.predicted_ms is None or lowest_plausible(c.predicted_ms, error) <= budget_ms]
+        if not at_risk:
+            return None
+        return (f"fit error {error_text} exceeds --max-fit-error {max_fit_error:.0%}, and within that error "
+                f"{', '.join(c.label for c in at_risk)} could be within the {budget_ms:g} ms budget but were not "
+                "measured; rerun with --measure-all to measure them, or raise --max-fit-error")
+    return (f"fit error {error_text} exceeds --max-fit-error {max_fit_error:.0%}, so the predictions that put "
+            f"{', '.join(c.label for c in unmeasured)} over budget cannot be trusted; the best measured candidate "
+            f"within budget is {choice.label} ({metric} {choice.measured.metric(metric):.2f} ms); rerun with "
+            "--measure-all to measure the rest, or raise --max-fit-error")
 
 
 def choice_reason(choice: Candidate, above: list[Candidate], metric: str, budget_ms: float,

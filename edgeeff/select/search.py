@@ -106,9 +106,10 @@ def run_selection(candidates: list[Candidate], settings: SelectionSettings, meas
                   device: DeviceContext | None = None) -> Selection:
     """Measure as few candidates as the decision needs, then decide.
 
-    Order: reuse stored measurements (`lookup`); measure the `fit_points` cheapest candidates;
-    then, after each refit, measure the cheapest of the candidates `plan_measurements` returns,
-    until it returns none. With `measure_all` every candidate is measured, cheapest first.
+    First, stored measurements are reused (`lookup`). Then the `fit_points` cheapest candidates
+    are measured, and more cheap ones while no fit exists (latency that does not grow with
+    MACs). After that, each refit is followed by measuring the cheapest candidate that
+    `plan_measurements` returns, until it returns none. With `measure_all` every candidate is measured, cheapest first.
     `device` names the device and its settings in the message and hints when no candidate fits.
     """
     device = device or DeviceContext()
@@ -148,6 +149,11 @@ def run_selection(candidates: list[Candidate], settings: SelectionSettings, meas
 
     while True:
         fit = refit(candidates, metric)
+        unmeasured = [c for c in by_cost if c.measured is None]
+        if fit is None and unmeasured:
+            # Nothing can be predicted yet, so measure the next cheapest point rather than a large model.
+            take(unmeasured[0], "no latency fit yet")
+            continue
         needed = plan_measurements(candidates, metric, settings.budget_ms, fit, settings.max_fit_error,
                                    settings.by_accuracy)
         if not needed:
