@@ -38,7 +38,8 @@ class DropPathMask(nn.Module):
     `dropout` on a per-sample tensor of ones gives 0 or 1/(1 - rate), the mask that
     `StochasticDepth` draws with `bernoulli_`. torch.export bakes `bernoulli_` into the graph as a
     random op in both modes, while a dropout node carries a training flag that `QATModel`
-    flips. `torch.ones_like` keeps the mask on the input's device.
+    flips. `new_ones` keeps the mask on the input's device without slicing the input: the
+    quantizer gives a slice of a quantized tensor a quantizer of its own.
     """
 
     def __init__(self, rate: float):
@@ -46,7 +47,7 @@ class DropPathMask(nn.Module):
         self.rate = rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = F.dropout(torch.ones_like(x[:, :1, :1, :1]), self.rate, self.training)
+        mask = F.dropout(x.new_ones((x.shape[0], 1, 1, 1)), self.rate, self.training)
         return x * mask
 
 

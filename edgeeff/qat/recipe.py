@@ -34,7 +34,7 @@ class QATRecipe:
     biases or quantizer scales. `batch_size` is per process under torchrun. `freeze_bn_epoch`
     is the epoch (0-based) from which BatchNorm uses its running statistics instead of batch
     statistics; 0 freezes it for the whole run, which small batches need. `calibration_size`
-    images go to NNCF's range estimation and bias correction. `distill_temperature` softens
+    training images, drawn with `seed`, go to NNCF's range estimation and bias correction. `distill_temperature` softens
     teacher and student logits for the KL loss of label-free runs. `max_shift` is the random
     translation in px applied to training images.
     """
@@ -119,6 +119,17 @@ def _check_range(name: str, value: Any, low: float, high: float, low_open: bool 
 FIELDS = {f.name: f for f in dataclasses.fields(QATRecipe)}
 
 
+def _parse_scalar(text: str) -> Any:
+    """Parse command-line text as int, float ("3e-5" too, which YAML 1.1 reads as text) or bool."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    booleans = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+    return booleans.get(text.lower(), text)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Convert a YAML or command-line value to the field's type (ints stay ints, 'auto' stays text)."""
     if name not in FIELDS:
@@ -132,10 +143,7 @@ def _coerce(name: str, value: Any) -> Any:
             return AUTO
         if name == "max_grad_norm" and text.lower() in ("none", "null", ""):
             return None
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"invalid value {text!r} for {name}: {exc}") from exc
+        value = _parse_scalar(text)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise RecipeError(f"invalid {name} {value!r}: use true or false")

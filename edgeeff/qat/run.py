@@ -50,9 +50,9 @@ SUMMARY_FILE = "summary.json"
 INT8_PROGRAM_FILE = "int8.pt2"
 QAT_FLOAT_FILE = "qat-float.pt"
 RUN_SCHEMA = 1
-# Calibration images are drawn with this fixed seed, not the training seed, so runs that differ
-# only in their seed start from the same NNCF initialization.
-CALIBRATION_SEED = 0
+# A data folder without train/ and val/ is split with this seed, whatever the recipe's seed, so
+# runs with different seeds validate on the same images.
+SPLIT_SEED = 0
 OBSERVER_BATCH = 32
 EVAL_BATCH = 256
 
@@ -164,8 +164,8 @@ def _check_output(request: QATRunRequest, dist_info: Distributed) -> dict | None
     return None
 
 
-def _select_calibration(train: np.ndarray, count: int) -> np.ndarray:
-    rng = np.random.default_rng(CALIBRATION_SEED)
+def _select_calibration(train: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     index = np.sort(rng.permutation(len(train))[:count])
     return train[index]
 
@@ -278,7 +278,7 @@ def _initialization(request: QATRunRequest, working: torch.nn.Module, data: QATD
     if given is None:
         if dist_info.is_main:
             _report(reporter, "stage", name="NNCF calibration")
-            calibration = _select_calibration(data.train.images, recipe.calibration_size)
+            calibration = _select_calibration(data.train.images, recipe.calibration_size, recipe.seed)
             given, ptq_graph = nncf_initialization(working, request.loaded.resolution, calibration,
                                                    recipe.fast_bias_correction)
             ptq_scores = _evaluate(_Inference(ptq_graph), data, None, torch.device("cpu"))
@@ -371,13 +371,13 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     started = time.perf_counter()
     dist_info = setup_distributed()
     existing = _check_output(request, dist_info)
+    _barrier(dist_info)  # every process checks the folder before rank 0 writes into it
     recipe = _resolve_recipe(request, existing)
-    torch.manual_seed(recipe.seed)
 
     _report(reporter, "stage", name="reading images")
     data = load_qat_data(existing["data"]["path"] if existing else request.data, request.loaded.preprocessing,
                          request.loaded.resolution, request.loaded.num_classes, request.loaded.labels,
-                         seed=CALIBRATION_SEED)
+                         seed=SPLIT_SEED)
     distill = recipe.distill or not data.labelled
     teacher = copy.deepcopy(request.loaded.model).eval()
     reference = predict_logits(teacher, data.val.images, EVAL_BATCH)
@@ -390,7 +390,7 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     working = prepare_working_copy(request.loaded.model, recipe)
     init, ptq_scores = _initialization(request, working, data, recipe, dist_info, initialization, reporter)
     _report(reporter, "stage", name="preparing the QAT graph")
-    observer_images = _select_calibration(data.train.images, OBSERVER_BATCH)
+    observer_images = _select_calibration(data.train.images, OBSERVER_BATCH, recipe.seed)
     model, working, counts = build_qat_model(request.loaded.model, request.loaded.resolution, recipe, init,
                                              observer_images)
     run["initialization"] = {"tool": f"nncf {init.nncf_version} quantize_pt2e + XNNPACKQuantizer",
@@ -414,6 +414,9 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     best: dict | None = None
     best_state: dict | None = None
     start_epoch = 0
+    # Seeded here, after NNCF and the graph capture, so a run that reuses a saved initialization
+    # draws the same dropout and stochastic-depth masks as one that computed it.
+    torch.manual_seed(recipe.seed)
     if request.resume:
         start_epoch, history, best = _load_last(request.output, model, optimizer, scheduler)
         best_state = torch.load(request.output / BEST_FILE, map_location="cpu", weights_only=True)
