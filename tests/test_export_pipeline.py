@@ -96,3 +96,17 @@ def test_lite0_int8_agrees_with_float(lite0_int8, photos):
         cosine = float(np.mean([np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(logits, reference)]))
         assert agreement >= EXPECTED["min_top1_agreement_with_float"][record.target], (record.target, agreement)
         assert cosine >= EXPECTED["min_mean_logit_cosine"], (record.target, cosine)
+
+
+@pytest.mark.slow
+def test_custom_phi_exports_all_formats(tmp_path, small_photos):
+    from edgeeff.checkpoints.resolve import resolve_model
+
+    loaded = resolve_model(phi=0.5, resolution=64)
+    records = export_model(loaded, ExportOptions(targets=list(TARGETS), precisions=["fp32"], output=tmp_path,
+                                                 calib=small_photos))
+    assert [r.error for r in records if not r.ok] == []
+    for record in records:
+        assert record.path.name.startswith("b-phi0.5-64px-fp32")
+        assert record.sidecar["model"]["phi"] == 0.5
+        assert record.sidecar["model"]["released"] is False
