@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeeff.cli import quiet_converters  # noqa: E402
-from edgeeff.io import file_lock, write_json_atomic  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docpage import replace_section  # noqa: E402
 from edgeeff.profile import host_info  # noqa: E402
 from edgeeff.select.candidates import MeasuredPoint, parse_models, parse_resolutions  # noqa: E402
 from edgeeff.select.latency_model import fit_latency  # noqa: E402
@@ -188,25 +190,6 @@ def format_section(results: list[dict], args: argparse.Namespace, info: dict, se
     return "\n".join(lines).rstrip() + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Replace this script's section of the Markdown file (or append it), keeping every other section."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path):
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        lines = text.splitlines(keepends=True)
-        start = next((i for i, line in enumerate(lines) if line.rstrip() == HEADING), None)
-        if start is None:
-            new_text = text.rstrip("\n") + "\n\n" + section
-        else:
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-            tail = "".join(lines[end:])
-            new_text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-        from edgeeff.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            tmp.write_text(new_text)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_converters()
@@ -241,7 +224,7 @@ def main(argv=None) -> int:
 
     section = format_section(results, args, host_info(), time.perf_counter() - started,
                              (load_start, os.getloadavg()[0]))
-    replace_section(args.docs, section)
+    replace_section(HEADING, section, args.docs)
     print(section)
     print(f"wrote the section {HEADING!r} of {args.docs}")
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 from edgeeff.data.images import LoadReport, Sample, image_folder_classes, load_batch, sample_images
 from edgeeff.data.preprocess import Preprocessing
 from edgeeff.export.verify import compare_logits
-from edgeeff.io import write_json_atomic
+from edgeeff.io import sha256_file, write_json_atomic
 from edgeeff.runtime import RuntimeUnavailable, open_runner, runtime_for
 from edgeeff.sidecar import load_labels, read_sidecar, tool_versions
 
@@ -173,14 +173,6 @@ class ArtifactInfo:
     @property
     def target(self) -> str:
         return str(self.sidecar.get("target"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_artifacts(paths: list[Path]) -> list[ArtifactInfo]:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from edgeeff.data.images import open_rgb
 from edgeeff.data.preprocess import Preprocessing
+from edgeeff.io import sha256_file
 from edgeeff.runtime import open_runner, runtime_for
 from edgeeff.sidecar import load_labels, read_sidecar
 
 
 class ArtifactMismatch(ValueError):
     """The artifact file is not the one its sidecar describes."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -38,7 +30,7 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, thre
         raise FileNotFoundError(f"artifact not found: {artifact}; pass a .pte, .tflite or .onnx file from edgeeff export")
     runtime_for(artifact)  # rejects an unknown suffix before anything else is read
     sidecar = read_sidecar(artifact)
-    if sidecar.get("sha256") and _sha256(artifact) != sidecar["sha256"]:
+    if sidecar.get("sha256") and sha256_file(artifact) != sidecar["sha256"]:
         raise ArtifactMismatch(f"{artifact} does not match its sidecar's sha256; the file was replaced: re-export it")
     preprocessing = Preprocessing.from_dict(sidecar["preprocessing"])
     resolution = int(sidecar["model"]["resolution"])

@@ -11,7 +11,6 @@ Steps, in order:
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ from edgeeff.checkpoints import LoadedModel
 from edgeeff.data.calibration import CalibrationData, load_calibration
 from edgeeff.export.base import ARCHES, PRECISIONS, ExportDetails, ExportRequest
 from edgeeff.export.verify import FP32_TOLERANCE, verify_artifact
-from edgeeff.io import atomic_paths, check_writable_dir, file_lock
+from edgeeff.io import atomic_paths, check_writable_dir, file_lock, sha256_file
 from edgeeff.models.counting import count_macs, count_params
 from edgeeff.runtime import SUFFIX_RUNTIME
 from edgeeff.sidecar import IMAGENET_LABELS, SCHEMA_VERSION, sidecar_path, tool_versions
@@ -85,14 +84,6 @@ def artifact_name(loaded: LoadedModel, precision: str, target: str) -> str:
     """Name an artifact by variant, resolution and precision, e.g. lite0-224px-int8.tflite."""
     untrained = "" if loaded.trained else "-untrained"
     return f"{loaded.variant.name}-{loaded.resolution}px-{precision}{untrained}{SUFFIX[target]}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -231,7 +222,7 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
             sidecar = {
                 "schema": SCHEMA_VERSION,
                 "artifact": final.name,
-                "sha256": sha256_of(tmp),
+                "sha256": sha256_file(tmp),
                 "size_bytes": tmp.stat().st_size,
                 "target": target,
                 "runtime": RUNTIME[target],
