@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeeff.cli import quiet_converters  # noqa: E402
 
+from edgeeff.io import write_json_atomic  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docpage import replace_section  # noqa: E402
 from edgeeff.profile import host_info  # noqa: E402
