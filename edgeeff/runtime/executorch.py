@@ -22,7 +22,7 @@ from edgeeff.runtime.base import Runner, RuntimeUnavailable
 # A .pte file is a FlatBuffer whose file identifier, "ET" and two version digits, sits at bytes 4–8.
 _IDENTIFIER = slice(4, 8)
 
-# Number of loaded XNNPACK programs in this process, across all runners. See _set_thread_count.
+# Number of programs that ExecuTorchRunner instances in this process hold. See _set_thread_count.
 _loaded_programs = 0
 
 
@@ -125,9 +125,10 @@ def _set_thread_count(bindings, threads: int | None) -> None:
     """Resize XNNPACK's process-wide thread pool to `threads`, when that is safe.
 
     Each loaded XNNPACK delegate keeps a pointer to the pool, and a resize destroys the old
-    pool, so resizing while any program is loaded would leave those delegates with a freed
-    pool (a crash on the next run, seen here). The resize therefore happens only while no
-    program from this module is loaded. Programs loaded by other code are not tracked.
+    pool. Resizing while a program is loaded therefore leaves its delegates with a freed pool,
+    which crashed the next run with executorch 1.5.1. So the resize happens only while no
+    runner holds a program.
+    NOTE: programs loaded through ExecuTorch directly, not through this runner, are not counted.
     """
     if threads is None:
         return
