@@ -271,8 +271,8 @@ def main(argv=None) -> dict:
     results = {"seeds": seeds, "modes": modes, "targets": args.targets, "float_top1": top1(float_logits, val.labels),
                "val_images": len(val), "train_images": int(fixture.summary["train_images"]), "runs": {},
                "recipe": recipe.to_dict(), "threads": args.threads, "host": host_description(),
-               "recipe_summary": f"{recipe.epochs} epochs, {recipe.optimizer} lr {recipe.lr:g}, batch {recipe.batch_size}, "
-                                 f"{recipe.calibration_size} calibration images",
+               "recipe_summary": f"{recipe.epochs} epochs, {recipe.optimizer} lr {recipe.lr:g}, "
+                                 f"batch {recipe.batch_size}, {recipe.calibration_size} calibration images",
                "command": "bench/qat_digits.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     for seed in seeds:
         per_seed = {"ptq": run_ptq(seed, args, fixture, val)}

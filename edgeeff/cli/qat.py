@@ -83,7 +83,8 @@ def _resume_model_options(output: Path, given: dict) -> dict:
               "options below override its fields.")
 @click.option("--lr", type=float, help="Peak learning rate after warm-up.")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Images per step and process.")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="Optimizer.")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]),
+              help="Optimizer: AdamW, or SGD with Nesterov momentum.")
 @click.option("--weight-decay", type=float, help="Weight decay of conv and linear weights.")
 @click.option("--warmup-epochs", type=float, help="Linear warm-up length in epochs (fractions allowed).")
 @click.option("--label-smoothing", type=float, help="Label smoothing of the cross-entropy loss.")

@@ -5,7 +5,7 @@
 - ONNX: the same program goes through `torch.onnx.export(dynamo=True)`, which writes
   QuantizeLinear/DequantizeLinear pairs with those scales (int8 activations).
 - TFLite: ai-edge-quantizer cannot take given ranges, so the INT8 model is re-calibrated from
-  the QAT-adapted float weights (qat-float.pt); the sidecar says so.
+  the QAT-adapted float weights (qat-float.pt), and the sidecar records this.
 
 FP32 artifacts of a QAT run come from qat-float.pt through the usual backends.
 """
@@ -155,7 +155,7 @@ class QATExportSource:
                         "activation_dtypes_in_graph": graph.pop("activation_dtypes")}
         warnings = []
         if request.arch == "x86":
-            # NOTE: the program quantizes activations to int8 (XNNPACK's scheme); onnxruntime's x86
+            # NOTE: the program quantizes activations to int8, XNNPACK's scheme. onnxruntime's x86
             # kernels run uint8 activations faster, so this graph may run slower than a PTQ export.
             warnings.append("activations are int8 (the QAT scheme for XNNPACK); onnxruntime on x86 runs "
                             "uint8 activations faster")

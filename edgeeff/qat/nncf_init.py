@@ -1,12 +1,12 @@
 """NNCF's post-training INT8 model as the starting point of QAT.
 
-NNCF's `quantize_pt2e` calibrates the eval-mode graph with the same XNNPACKQuantizer
-placement that the ExecuTorch INT8 export uses, folds BatchNorm, estimates activation ranges
-and applies fast bias correction. Its results move onto the QAT graph:
+NNCF's `quantize_pt2e` quantizes the eval-mode graph exactly as the ExecuTorch INT8 export does
+(XNNPACKQuantizer placement, histogram activation ranges, fast bias correction), folding
+BatchNorm on the way. Its results move onto the QAT graph:
 
 - every activation quantizer of the QAT graph takes the scale and zero point that NNCF chose
-  for the same tensor; tensors are matched by the module that produced them and the op
-  (a conv and the BatchNorm after it count as one producer, because NNCF folds them);
+  for the same tensor. Tensors are matched by the module that produced them and the op. A conv
+  and the BatchNorm after it count as one producer, because NNCF folds them;
 - each corrected bias goes into the float model before the QAT graph is captured: into the
   BatchNorm shift for convs followed by BatchNorm, into the bias itself elsewhere.
 
@@ -34,30 +34,28 @@ _BATCH_NORM = torch.ops.aten.batch_norm.default
 
 @dataclass
 class NNCFInitialization:
-    """What NNCF's PTQ decided: activation scale and zero point per producer key, corrected biases per module.
+    """NNCF's PTQ result: activation scale and zero point per producer key, corrected bias per module.
 
-    Keys read "blocks.3.expand:conv" (the module path of the producer and the op kind); the
+    Keys read "blocks.3.expand:conv", the module path of the producer and the op kind. The
     model input is ":input".
     """
 
     activations: dict[str, tuple[float, int]]
     biases: dict[str, torch.Tensor]
     calibration_images: int
-    fast_bias_correction: bool
     nncf_version: str
     notes: list[str] = field(default_factory=list)
 
     def to_state(self) -> dict:
         return {"activations": {k: [float(s), int(z)] for k, (s, z) in self.activations.items()},
                 "biases": self.biases, "calibration_images": self.calibration_images,
-                "fast_bias_correction": self.fast_bias_correction, "nncf_version": self.nncf_version,
+                "nncf_version": self.nncf_version,
                 "notes": list(self.notes)}
 
     @classmethod
     def from_state(cls, state: dict) -> NNCFInitialization:
         return cls(activations={k: (float(s), int(z)) for k, (s, z) in state["activations"].items()},
                    biases=dict(state["biases"]), calibration_images=int(state["calibration_images"]),
-                   fast_bias_correction=bool(state["fast_bias_correction"]),
                    nncf_version=str(state["nncf_version"]), notes=list(state.get("notes", [])))
 
     def save(self, path: str | Path) -> None:
@@ -133,30 +131,27 @@ def read_nncf_model(quantized: torch.fx.GraphModule) -> tuple[dict[str, tuple[fl
     return activations, biases
 
 
-def nncf_initialization(model: nn.Module, resolution: int, calibration: np.ndarray,
-                        fast_bias_correction: bool = True) -> tuple[NNCFInitialization, torch.fx.GraphModule]:
+def nncf_initialization(model: nn.Module, resolution: int,
+                        calibration: np.ndarray) -> tuple[NNCFInitialization, torch.fx.GraphModule]:
     """Run NNCF's PTQ on `model` (eval mode, unchanged) and return its ranges, biases and INT8 graph.
 
-    `calibration` is a float32 NCHW array, fed one image at a time as in the ExecuTorch export.
-    The returned graph takes any batch size and is NNCF's PTQ model, for measuring PTQ accuracy.
+    The quantization is the ExecuTorch INT8 export's (`quantize_for_xnnpack` with NNCF), so QAT
+    starts from the model that `edgeeff export --int8` would ship. `calibration` is a float32
+    NCHW array. The returned graph takes any batch size, for measuring PTQ accuracy.
     """
     import nncf
-    from nncf.experimental.torch.fx import quantize_pt2e
 
-    from edgeeff.export.executorch import _xnnpack_quantizer
+    from edgeeff.export.executorch import quantize_for_xnnpack
     from edgeeff.qat.graph import capture_eval_graph
 
     if not logging.getLogger("edgeeff").isEnabledFor(logging.DEBUG):
         nncf.set_log_level(logging.ERROR)  # its import resets the level the CLI set; keep --verbose output
     graph = capture_eval_graph(model, resolution)
-    samples = [torch.from_numpy(np.ascontiguousarray(calibration[i:i + 1])) for i in range(len(calibration))]
     with contextlib.redirect_stdout(sys.stderr):
-        quantized = quantize_pt2e(graph, _xnnpack_quantizer(), nncf.Dataset(samples), subset_size=len(samples),
-                                  fast_bias_correction=True if fast_bias_correction else None,
-                                  smooth_quant=False)
+        quantized = quantize_for_xnnpack(graph, np.ascontiguousarray(calibration, dtype=np.float32), tool="nncf")
     activations, biases = read_nncf_model(quantized)
-    init = NNCFInitialization(activations=activations, biases=biases, calibration_images=len(samples),
-                              fast_bias_correction=fast_bias_correction, nncf_version=nncf.__version__)
+    init = NNCFInitialization(activations=activations, biases=biases, calibration_images=len(calibration),
+                              nncf_version=nncf.__version__)
     return init, quantized
 
 

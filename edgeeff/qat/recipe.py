@@ -1,6 +1,6 @@
 """QAT recipes: the fine-tuning hyperparameters, read from YAML, overridden from the CLI, saved with a run.
 
-A recipe file holds any subset of `QATRecipe`'s fields; missing fields keep their defaults. The
+A recipe file contains any subset of `QATRecipe`'s fields; missing fields keep their defaults. The
 values `dropout: auto` and `drop_path: auto` resolve per variant: the classifier dropout of the
 released EfficientNet table (0.2 for B0 rising to 0.5 for B7, interpolated on φ for custom
 variants), used for both dropout and stochastic depth.
@@ -34,9 +34,9 @@ class QATRecipe:
     biases or quantizer scales. `batch_size` is per process under torchrun. `freeze_bn_epoch`
     is the epoch (0-based) from which BatchNorm uses its running statistics instead of batch
     statistics; 0 freezes it for the whole run, which small batches need. `calibration_size`
-    training images, drawn with `seed`, go to NNCF's range estimation and bias correction. `distill_temperature` softens
-    teacher and student logits for the KL loss of label-free runs. `max_shift` is the random
-    translation in px applied to training images.
+    training images, drawn with `seed`, go to NNCF's range estimation and bias correction.
+    `distill_temperature` softens teacher and student logits for the KL loss of label-free runs.
+    `max_shift` is the random translation in px applied to training images.
     """
 
     epochs: int = 3
@@ -53,7 +53,6 @@ class QATRecipe:
     freeze_bn_epoch: int = 0
     learn_ranges: bool = True
     calibration_size: int = 300
-    fast_bias_correction: bool = True
     distill: bool = False
     distill_temperature: float = 1.0
     max_shift: int = 0
@@ -66,6 +65,7 @@ class QATRecipe:
             raise RecipeError(f"invalid epochs {self.epochs!r}: use a whole number of 1 or more")
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise RecipeError(f"invalid batch_size {self.batch_size!r}: use 2 or more images")
+
         if self.optimizer not in OPTIMIZERS:
             raise RecipeError(f"invalid optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -75,10 +75,12 @@ class QATRecipe:
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+
         for name in ("dropout", "drop_path"):
             value = getattr(self, name)
             if value != AUTO:
                 _check_range(name, value, 0.0, 1.0, high_open=True)
+
         if not isinstance(self.freeze_bn_epoch, int) or self.freeze_bn_epoch < 0:
             raise RecipeError(f"invalid freeze_bn_epoch {self.freeze_bn_epoch!r}: use 0 (frozen throughout) "
                               "or the epoch from which BatchNorm is frozen")

@@ -32,7 +32,8 @@ import torch
 
 from edgeeff.checkpoints import LoadedModel
 from edgeeff.io import write_json_atomic
-from edgeeff.qat.data import QATData, distillation_loss, load_qat_data, predict_logits, score_logits, with_teacher_logits
+from edgeeff.qat.data import (QATData, distillation_loss, load_qat_data, predict_logits, score_logits,
+                              with_teacher_logits)
 from edgeeff.qat.graph import (QATModel, align_batchnorm_eps, capture_training_graph, convert_to_int8,
                                export_int8_program, float_state_dict, prepare_qat_graph, set_regularization)
 from edgeeff.qat.nncf_init import NNCFInitialization, apply_biases, initialize_quantizers, nncf_initialization
@@ -60,7 +61,7 @@ Reporter = Callable[[str, dict], None]
 
 
 class QATRunError(ValueError):
-    """A run folder that cannot be used as asked: a run already there, nothing to resume, a mismatch."""
+    """A run folder that cannot be used as requested: a run already there, nothing to resume, a mismatch."""
 
 
 @dataclass
@@ -132,7 +133,8 @@ def read_run(folder: str | Path) -> dict:
     """Read a run folder's run.json; raises QATRunError when it is missing or unreadable."""
     path = Path(folder) / RUN_FILE
     if not path.is_file():
-        raise QATRunError(f"no QAT run in {folder}: {RUN_FILE} is missing; pass the --output folder of an edgeeff qat run")
+        raise QATRunError(f"no QAT run in {folder}: {RUN_FILE} is missing; pass the --output folder of an "
+                          "edgeeff qat run")
     try:
         run = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -200,14 +202,14 @@ def _evaluate(model, data: QATData, reference: np.ndarray | None, device: torch.
 
 
 def _metric(scores: dict, labelled: bool) -> tuple[float, float]:
-    """Return (value to maximise, tie-breaker to minimise) for choosing the best epoch."""
+    """Return the value to maximise and the tie-breaker to minimise when choosing the best epoch."""
     if labelled:
         return scores["top1"], scores["loss"]
     return scores["agreement"], scores["kl"]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay conv and linear weights only; BatchNorm, biases and quantizer ranges get none."""
+    """Split parameters into conv and linear weights, which decay, and the rest (BatchNorm, biases, ranges)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -240,12 +242,13 @@ def _steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
 
 
 def _shard(batches: Iterable, dist_info: Distributed, steps: int) -> Iterator:
-    taken = 0
+    """Yield this process's batches (every world_size-th), at most `steps` of them."""
+    yielded = 0
     for index, batch in enumerate(batches):
-        if taken == steps:
+        if yielded == steps:
             return
         if index % dist_info.world_size == dist_info.rank:
-            taken += 1
+            yielded += 1
             yield batch
 
 
@@ -268,27 +271,28 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 def _initialization(request: QATRunRequest, working: torch.nn.Module, data: QATData, recipe: QATRecipe,
-                    dist_info: Distributed, given: NNCFInitialization | None,
+                    dist_info: Distributed, precomputed: NNCFInitialization | None,
+                    agreement_reference: np.ndarray | None,
                     reporter: Reporter | None) -> tuple[NNCFInitialization, dict | None]:
-    """Return NNCF's initialization (computed, given or read back) and the PTQ scores when computed here."""
+    """Return NNCF's initialization (read back, precomputed or computed now), and PTQ scores when computed now."""
     path = request.output / INIT_FILE
     if path.is_file():
         return NNCFInitialization.load(path), None
-    ptq_scores = None
-    if given is None:
+    if precomputed is not None:
         if dist_info.is_main:
-            _report(reporter, "stage", name="NNCF calibration")
-            calibration = _select_calibration(data.train.images, recipe.calibration_size, recipe.seed)
-            given, ptq_graph = nncf_initialization(working, request.loaded.resolution, calibration,
-                                                   recipe.fast_bias_correction)
-            ptq_scores = _evaluate(_Inference(ptq_graph), data, None, torch.device("cpu"))
-            given.save(path)
-        _barrier(dist_info)
-        if not dist_info.is_main:
-            given = NNCFInitialization.load(path)
-    elif dist_info.is_main:
-        given.save(path)
-    return given, ptq_scores
+            precomputed.save(path)
+        return precomputed, None
+    ptq_scores = None
+    if dist_info.is_main:
+        _report(reporter, "stage", name="NNCF calibration")
+        calibration = _select_calibration(data.train.images, recipe.calibration_size, recipe.seed)
+        init, ptq_graph = nncf_initialization(working, request.loaded.resolution, calibration)
+        ptq_scores = _evaluate(_Inference(ptq_graph), data, agreement_reference, torch.device("cpu"))
+        init.save(path)
+    _barrier(dist_info)
+    if not dist_info.is_main:
+        init = NNCFInitialization.load(path)
+    return init, ptq_scores
 
 
 def build_qat_model(float_model: torch.nn.Module, resolution: int, recipe: QATRecipe,
@@ -332,8 +336,8 @@ def _write_final(request: QATRunRequest, model: QATModel, working: torch.nn.Modu
         torch.export.save(program, str(tmp))
     eager = copy.deepcopy(working)
     eager.load_state_dict(float_state_dict(final, eager))
-    adapted = LoadedModel(model=eager.eval(), variant=request.loaded.variant, preprocessing=request.loaded.preprocessing,
-                          source="edgeeff", labels=request.loaded.labels)
+    adapted = LoadedModel(model=eager.eval(), variant=request.loaded.variant,
+                          preprocessing=request.loaded.preprocessing, source="edgeeff", labels=request.loaded.labels)
     save_checkpoint(adapted, request.output / QAT_FLOAT_FILE)
     return scores
 
@@ -365,8 +369,8 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     """Fine-tune `request.loaded` with quantization in the loop; return the run summary.
 
     `reporter(event, data)` receives "stage", "batch" and "epoch" events for progress output.
-    `initialization` skips NNCF's calibration with a result computed before (benchmarks reuse
-    one across seeds). The run resumes from last.pt when `request.resume` is set.
+    `initialization` skips NNCF's calibration with a result computed before. The run resumes
+    from last.pt when `request.resume` is set.
     """
     started = time.perf_counter()
     dist_info = setup_distributed()
@@ -378,33 +382,71 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     data = load_qat_data(existing["data"]["path"] if existing else request.data, request.loaded.preprocessing,
                          request.loaded.resolution, request.loaded.num_classes, request.loaded.labels,
                          seed=SPLIT_SEED)
-    distill = recipe.distill or not data.labelled
     teacher = copy.deepcopy(request.loaded.model).eval()
     reference = predict_logits(teacher, data.val.images, EVAL_BATCH)
+    # Without labels, validation scores agreement with the float model's logits.
+    agreement_reference = None if data.labelled else reference
     run = existing or _new_run_record(request, data, recipe, dist_info)
     if existing is None:
-        run["accuracy"] = {"float": score_logits(reference, data.val, None if data.labelled else reference)}
+        run["accuracy"] = {"float": score_logits(reference, data.val, agreement_reference)}
     if dist_info.is_main:
         save_recipe(recipe, request.output / RECIPE_FILE)
 
+    model, working = _prepare_model(request, recipe, data, run, agreement_reference, dist_info, initialization,
+                                    reporter)
+    history, best, best_state = _fine_tune(request, recipe, data, model, teacher, agreement_reference, dist_info,
+                                           reporter)
+
+    summary = {"status": "complete", "run": str(request.output), "mode": run["mode"], "epochs": recipe.epochs,
+               "best_epoch": best["epoch"], "recipe": recipe.to_dict(), "initialization": run["initialization"],
+               "data": run["data"], "model": run["model"], "history": history}
+    if dist_info.is_main:
+        _report(reporter, "stage", name="converting the best epoch to INT8")
+        qat_scores = _write_final(request, model, working, best_state, data, agreement_reference)
+        summary["accuracy"] = {**run["accuracy"], "qat": qat_scores, "qat_last_epoch": _last_scores(history)}
+        summary["artifacts"] = {"int8_program": INT8_PROGRAM_FILE, "qat_float_checkpoint": QAT_FLOAT_FILE}
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        write_json_atomic(request.output / SUMMARY_FILE, summary)
+    _barrier(dist_info)
+    return summary
+
+
+def _prepare_model(request: QATRunRequest, recipe: QATRecipe, data: QATData, run: dict,
+                   agreement_reference: np.ndarray | None, dist_info: Distributed,
+                   initialization: NNCFInitialization | None,
+                   reporter: Reporter | None) -> tuple[QATModel, torch.nn.Module]:
+    """Initialize from NNCF, build the QAT model, and record PTQ accuracy in `run` for a new run.
+
+    Returns the QAT model and the eager copy that it was captured from.
+    """
     working = prepare_working_copy(request.loaded.model, recipe)
-    init, ptq_scores = _initialization(request, working, data, recipe, dist_info, initialization, reporter)
+    init, ptq_scores = _initialization(request, working, data, recipe, dist_info, initialization,
+                                       agreement_reference, reporter)
     _report(reporter, "stage", name="preparing the QAT graph")
     observer_images = _select_calibration(data.train.images, OBSERVER_BATCH, recipe.seed)
     model, working, counts = build_qat_model(request.loaded.model, request.loaded.resolution, recipe, init,
                                              observer_images)
-    run["initialization"] = {"tool": f"nncf {init.nncf_version} quantize_pt2e + XNNPACKQuantizer",
-                             "calibration_images": init.calibration_images,
-                             "fast_bias_correction": init.fast_bias_correction, **counts}
-    if existing is None:
-        run["accuracy"]["ptq"] = ptq_scores or _evaluate(model, data, reference if not data.labelled else None,
-                                                         torch.device("cpu"))
-        run["accuracy"]["ptq"]["source"] = "nncf quantize_pt2e graph" if ptq_scores else "QAT graph before training"
-        run["accuracy"]["qat_start"] = _evaluate(model, data, None if data.labelled else reference,
-                                                 torch.device("cpu"))
+    run["initialization"] = {"tool": f"nncf {init.nncf_version} quantize_pt2e + XNNPACKQuantizer, as the "
+                                     "ExecuTorch INT8 export", "calibration_images": init.calibration_images,
+                             **counts}
+    if "ptq" not in run["accuracy"]:
+        cpu = torch.device("cpu")
+        start_scores = _evaluate(model, data, agreement_reference, cpu)
+        if ptq_scores is None:
+            ptq_scores = {**start_scores, "source": "QAT graph before training"}
+        else:
+            ptq_scores["source"] = "nncf quantize_pt2e graph"
+        run["accuracy"]["ptq"] = ptq_scores
+        run["accuracy"]["qat_start"] = start_scores
         if dist_info.is_main:
             write_json_atomic(request.output / RUN_FILE, run)
+    return model, working
 
+
+def _fine_tune(request: QATRunRequest, recipe: QATRecipe, data: QATData, model: QATModel,
+               teacher: torch.nn.Module, agreement_reference: np.ndarray | None, dist_info: Distributed,
+               reporter: Reporter | None) -> tuple[list[dict], dict, dict]:
+    """Train the remaining epochs, saving last.pt every epoch; return the history, best epoch and its state."""
     model.to(dist_info.device)
     trainer = _trainer(model, dist_info)
     optimizer = _optimizer(model, recipe)
@@ -422,6 +464,7 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
         best_state = torch.load(request.output / BEST_FILE, map_location="cpu", weights_only=True)
         _report(reporter, "stage", name=f"resuming after epoch {start_epoch}")
 
+    distill = recipe.distill or not data.labelled
     teacher.to(dist_info.device)
     criterion = distillation_loss(recipe.distill_temperature) if distill else None
     fill = float(data.train.images.min())
@@ -435,34 +478,21 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
         batches = _counted(batches, reporter, epoch + 1, steps)
         trained = train_one_epoch(trainer, batches, optimizer, scheduler, criterion=criterion,
                                   label_smoothing=recipe.label_smoothing, max_grad_norm=recipe.max_grad_norm)
-        scores = _evaluate(model, data, None if data.labelled else reference, dist_info.device)
+        scores = _evaluate(model, data, agreement_reference, dist_info.device)
         entry = {"epoch": epoch + 1, "train_loss": trained["loss"],
-                 "train_top1": trained["top1"] if not distill else None,
+                 "train_top1": None if distill else trained["top1"],
                  "lr": optimizer.param_groups[0]["lr"], "bn_frozen": model.freeze_bn,
                  "seconds": round(trained["seconds"], 1),
                  **{f"val_{key}": value for key, value in scores.items() if key != "images"}}
         history.append(entry)
-        if best is None or _better(scores, best["scores"], data.labelled):
+        improved = best is None or _better(scores, best["scores"], data.labelled)
+        if improved:
             best = {"epoch": epoch + 1, "scores": scores}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
         if dist_info.is_main:
-            _save_epoch(request.output, model, optimizer, scheduler, epoch + 1, history, best, best_state,
-                        improved=best["epoch"] == epoch + 1)
+            _save_epoch(request.output, model, optimizer, scheduler, epoch + 1, history, best, best_state, improved)
         _report(reporter, "epoch", **entry, epochs=recipe.epochs, best_epoch=best["epoch"])
-
-    summary = {"status": "complete", "run": str(request.output), "mode": run["mode"], "epochs": recipe.epochs,
-               "best_epoch": best["epoch"], "recipe": recipe.to_dict(), "initialization": run["initialization"],
-               "data": run["data"], "model": run["model"], "history": history}
-    if dist_info.is_main:
-        _report(reporter, "stage", name="converting the best epoch to INT8")
-        qat_scores = _write_final(request, model, working, best_state, data,
-                                  None if data.labelled else reference)
-        summary["accuracy"] = {**run["accuracy"], "qat": qat_scores, "qat_last_epoch": _last_scores(history)}
-        summary["artifacts"] = {"int8_program": INT8_PROGRAM_FILE, "qat_float_checkpoint": QAT_FLOAT_FILE}
-        summary["seconds"] = round(time.perf_counter() - started, 1)
-        write_json_atomic(request.output / SUMMARY_FILE, summary)
-    _barrier(dist_info)
-    return summary
+    return history, best, best_state
 
 
 def _resolve_recipe(request: QATRunRequest, existing: dict | None) -> QATRecipe:
