@@ -112,6 +112,85 @@ def test_align_batchnorm_eps_keeps_eval_output():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+# Data layouts and the distillation loss.
+
+def _write_images(folder: Path, count: int, offset: int = 0) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        value = (offset + index * 37) % 256
+        Image.new("RGB", (8, 8), (value, 255 - value, value // 2)).save(folder / f"{offset + index:03d}.png")
+
+
+def _load(root: Path, num_classes: int = 2, labels=None):
+    from edgeeff.data.preprocess import Preprocessing
+    from edgeeff.qat.data import load_qat_data
+
+    preprocessing = Preprocessing("test", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), crop_fraction=1.0,
+                                  interpolation="bilinear")
+    return load_qat_data(root, preprocessing, 32, num_classes, labels)
+
+
+def test_data_train_val_tree(tmp_path):
+    for split, count in (("train", 6), ("val", 2)):
+        _write_images(tmp_path / split / "cat", count)
+        _write_images(tmp_path / split / "dog", count, offset=50)
+    data = _load(tmp_path, labels=["dog", "cat"])
+    assert data.labelled
+    assert len(data.train) == 12
+    assert len(data.val) == 4
+    assert data.train.images.shape[1:] == (3, 32, 32)
+    cat_file = next(i for i, f in enumerate(data.train.files) if "/cat/" in f)
+    assert data.train.labels[cat_file] == 1  # matched to the model's label names, not the folder order
+
+
+def test_data_single_tree_is_split_per_class(tmp_path):
+    _write_images(tmp_path / "a", 10)
+    _write_images(tmp_path / "b", 10, offset=50)
+    data = _load(tmp_path)
+    assert data.labelled
+    assert len(data.val) == 2
+    assert sorted(data.val.labels.tolist()) == [0, 1]
+    assert len(data.train) == 18
+
+
+def test_data_unlabelled_folder(tmp_path):
+    _write_images(tmp_path, 20)
+    data = _load(tmp_path, num_classes=10)
+    assert not data.labelled
+    assert (data.train.labels == -1).all()
+    assert len(data.val) == 2
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("mixed", "label both splits or neither"),
+    ("three_classes", "has 3 class folders but the model has 2 classes"),
+    ("missing", "data folder not found"),
+])
+def test_data_rejects_bad_layouts(tmp_path, layout, message):
+    from edgeeff.data.images import DataError
+
+    if layout == "mixed":
+        _write_images(tmp_path / "train" / "a", 2)
+        _write_images(tmp_path / "train" / "b", 2)
+        _write_images(tmp_path / "val", 2)
+    elif layout == "three_classes":
+        for name in ("a", "b", "c"):
+            _write_images(tmp_path / name, 3)
+    with pytest.raises(DataError, match=message):
+        _load(tmp_path if layout != "missing" else tmp_path / "none")
+
+
+def test_distillation_loss_zero_for_same_logits():
+    from edgeeff.qat.data import distillation_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    criterion = distillation_loss(temperature=2.0)
+    assert criterion(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
+    assert criterion(logits, logits.flip(1)).item() > 0.1
+
+
 # CLI input errors: exit 2 before any work.
 
 @pytest.mark.parametrize("args,message", [

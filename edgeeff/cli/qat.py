@@ -38,7 +38,9 @@ def _summary_table(summary: dict):
     if labelled:
         table.add_column("val top-5")
     rows = (("float", accuracy["float"]), ("INT8 PTQ (NNCF)", accuracy["ptq"]),
-            ("INT8 QAT (best epoch)", accuracy["qat"]), ("INT8 QAT (last epoch)", accuracy.get("qat_last_epoch")))
+            ("INT8 QAT, best epoch, fake-quant", accuracy.get("qat_fake_quant")),
+            ("INT8 QAT, best epoch, int8.pt2", accuracy["qat"]),
+            ("INT8 QAT, last epoch, fake-quant", accuracy.get("qat_last_epoch")))
     for name, scores in rows:
         cells = [name, _percent(scores, key)]
         if labelled:

@@ -403,7 +403,8 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     if dist_info.is_main:
         _report(reporter, "stage", name="converting the best epoch to INT8")
         qat_scores = _write_final(request, model, working, best_state, data, agreement_reference)
-        summary["accuracy"] = {**run["accuracy"], "qat": qat_scores, "qat_last_epoch": _last_scores(history)}
+        summary["accuracy"] = {**run["accuracy"], "qat": qat_scores, "qat_fake_quant": best["scores"],
+                               "qat_last_epoch": _last_scores(history)}
         summary["artifacts"] = {"int8_program": INT8_PROGRAM_FILE, "qat_float_checkpoint": QAT_FLOAT_FILE}
         summary["seconds"] = round(time.perf_counter() - started, 1)
         write_json_atomic(request.output / SUMMARY_FILE, summary)
