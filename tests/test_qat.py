@@ -205,6 +205,7 @@ def test_qat_cli_usage_errors(args, message):
 
 def test_qat_cli_rejects_existing_run(tmp_path, lite0_checkpoint):
     (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "last.pt").write_bytes(b"")
     result = run_cli("qat", "--checkpoint", lite0_checkpoint, "--data", tmp_path, "--output", tmp_path)
     assert result.exit_code == 2
     assert "already contains a QAT run" in result.output

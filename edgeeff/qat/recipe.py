@@ -177,7 +177,10 @@ def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise RecipeError(f"invalid recipe {path}: expected a mapping of field names to values")
         data.pop("name", None)
         data.pop("description", None)
-        values.update({key: _coerce(key, value) for key, value in data.items()})
+        try:
+            values.update({key: _coerce(key, value) for key, value in data.items()})
+        except RecipeError as exc:
+            raise RecipeError(f"{path}: {exc}") from exc
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value)

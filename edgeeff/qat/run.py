@@ -148,8 +148,9 @@ def _check_output(request: QATRunRequest, dist_info: Distributed) -> dict | None
     """Return the existing run.json when resuming; reject a clash with an existing run otherwise."""
     output = request.output
     exists = (output / RUN_FILE).is_file()
+    saved_epoch = (output / LAST_FILE).is_file()
     if request.resume:
-        if not exists or not (output / LAST_FILE).is_file():
+        if not exists or not saved_epoch:
             raise QATRunError(f"nothing to resume in {output}: no finished epoch was saved there; "
                               "drop --resume to start the run")
         run = read_run(output)
@@ -157,12 +158,15 @@ def _check_output(request: QATRunRequest, dist_info: Distributed) -> dict | None
             raise QATRunError(f"the run in {output} fine-tunes another checkpoint "
                               f"({run['model']['checkpoint']}); resume it with that checkpoint")
         return run
-    if exists:
+    if exists and saved_epoch:
         raise QATRunError(f"{output} already contains a QAT run: pass --resume to continue it, or another --output")
     if dist_info.is_main:
         from edgeeff.io import check_writable_dir
 
         check_writable_dir(output)
+        # A run that stopped before its first epoch saved nothing to resume, so it starts over,
+        # without an initialization that may come from other calibration settings.
+        (output / INIT_FILE).unlink(missing_ok=True)
     return None
 
 
@@ -379,7 +383,8 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     recipe = _resolve_recipe(request, existing)
 
     _report(reporter, "stage", name="reading images")
-    data = load_qat_data(existing["data"]["path"] if existing else request.data, request.loaded.preprocessing,
+    data_path = Path(existing["data"]["path"]) if existing else Path(request.data).resolve()
+    data = load_qat_data(data_path, request.loaded.preprocessing,
                          request.loaded.resolution, request.loaded.num_classes, request.loaded.labels,
                          seed=SPLIT_SEED)
     teacher = copy.deepcopy(request.loaded.model).eval()
