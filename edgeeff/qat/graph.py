@@ -111,22 +111,49 @@ def capture_eval_graph(model: nn.Module, resolution: int) -> torch.fx.GraphModul
     return torch.export.export(model, _example_batch(resolution), dynamic_shapes=_dynamic_batch()).module()
 
 
+# XNNPACKQuantizer's observer eps (executorch 1.5.1): the smallest scale a quantizer may choose.
+_SCALE_EPS = 2 ** -12
+
+
 def activation_qspec(learn_ranges: bool):
-    """Return the int8 per-tensor affine activation spec: LSQ-learned ranges or moving-average min/max."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    """Return the int8 per-tensor affine activation spec: LSQ-learned ranges or moving-average min/max.
+
+    Both compute the scale they train with exactly as `convert_pt2e` computes the one it writes.
+    The stock QAT config's `FusedMovingAvgObsFakeQuantize` does not. Its fused kernel (torch 2.13)
+    skips the observer's eps, and for a weight channel whose values share one sign it chose half
+    the scale of the observer's `calculate_qparams`, so the converted model differed from the
+    one trained.
+    """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
     from torchao.quantization.pt2e.learnable_fake_quantize import LearnableFakeQuantize
     from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
-    stock = get_symmetric_quantization_config(is_per_channel=True, is_qat=True).input_activation
-    if not learn_ranges:
-        return stock
-    # use_grad_scaling divides the scale gradient by sqrt(elements x quant_max), as the LSQ paper
-    # (Esser et al., 2020) prescribes, so one learning rate suits weights and ranges.
-    return QuantizationSpec(dtype=stock.dtype, quant_min=stock.quant_min, quant_max=stock.quant_max,
-                            qscheme=stock.qscheme,
-                            observer_or_fake_quant_ctr=LearnableFakeQuantize.with_args(
-                                observer=MovingAverageMinMaxObserver, use_grad_scaling=True, eps=2 ** -12))
+    if learn_ranges:
+        # use_grad_scaling divides the scale gradient by sqrt(elements x quant_max), as the LSQ
+        # paper (Esser et al., 2020) prescribes, so one learning rate suits weights and ranges.
+        constructor = LearnableFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, use_grad_scaling=True,
+                                                      eps=_SCALE_EPS)
+    else:
+        constructor = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_SCALE_EPS)
+    return QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+                            observer_or_fake_quant_ctr=constructor)
+
+
+def weight_qspec():
+    """Return the int8 per-channel symmetric weight spec, with the range of the current weights.
+
+    `averaging_constant=1` makes the moving average the latest min/max, the range NNCF's PTQ
+    and `convert_pt2e` use, instead of a lagging average of past weights.
+    """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import MovingAveragePerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    constructor = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0,
+                                         eps=_SCALE_EPS)
+    return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
+                            ch_axis=0, observer_or_fake_quant_ctr=constructor)
 
 
 def build_qat_quantizer(learn_ranges: bool = True):
@@ -143,7 +170,7 @@ def build_qat_quantizer(learn_ranges: bool = True):
 
     stock = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
     act = activation_qspec(learn_ranges)
-    config = dataclasses.replace(stock, input_activation=act, output_activation=act)
+    config = dataclasses.replace(stock, input_activation=act, output_activation=act, weight=weight_qspec())
 
     class QATXNNPACKQuantizer(XNNPACKQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
