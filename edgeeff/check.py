@@ -25,6 +25,8 @@ from edgeeff.data.images import LoadReport, Sample, image_folder_classes, load_b
 from edgeeff.data.preprocess import Preprocessing
 from edgeeff.export.verify import compare_logits
 from edgeeff.io import sha256_file, write_json_atomic
+from edgeeff.profile.fingerprint import usable_cores
+from edgeeff.profile.local import check_threads
 from edgeeff.runtime import RuntimeUnavailable, open_runner, runtime_for
 from edgeeff.sidecar import load_labels, read_sidecar, tool_versions
 
@@ -688,6 +690,7 @@ def run_check(request: CheckRequest, progress: Callable[[int, int], None] | None
     started = time.perf_counter()
     thresholds = request.thresholds
     thresholds.validate()
+    check_threads(request.threads, usable_cores(), "this host")
     loaded = request.loaded
     if not getattr(loaded, "trained", True):
         raise CheckInputError("the float model has untrained weights: pass --checkpoint with the trained checkpoint "

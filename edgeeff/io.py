@@ -6,14 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
-# Signals that stop a run; the CLI turns both into KeyboardInterrupt.
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from edgeeff.interrupts import interrupts_deferred, raise_if_interrupted
 
 
 def _default_file_mode() -> int:
@@ -46,6 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        raise_if_interrupted()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         # mkstemp creates the file as 0o600; give the artifact the permissions open() would.
@@ -54,32 +52,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then act on the first one received.
-
-    Use it around short steps that must not be split, such as renaming an artifact and its
-    sidecar into place. Outside the main thread, where Python cannot set handlers, and for a
-    signal whose handler was not set from Python, it defers nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {}
-    for signum in INTERRUPT_SIGNALS:
-        handler = signal.getsignal(signum)
-        if handler is not None:
-            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
@@ -96,6 +68,7 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
             # ExitStack exits in reverse order, so entering the last path first renames the first path first.
             tmps = [temporaries.enter_context(atomic_path(path)) for path in reversed(paths)][::-1]
             yield tmps
+            raise_if_interrupted()  # a signal whose KeyboardInterrupt was dropped must not publish
             publish.enter_context(interrupts_deferred())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,20 @@ def digits_fixture():
     from edgeeff.datasets.digits import trained_fixture
 
     return trained_fixture()
+
+
+def _copy_slice(source: Path, target: Path, per_class: int) -> None:
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        out = target / class_dir.name
+        out.mkdir(parents=True)
+        for path in sorted(class_dir.iterdir())[:per_class]:
+            shutil.copy(path, out / path.name)
+
+
+@pytest.fixture(scope="session")
+def digits_slice(digits_fixture, tmp_path_factory) -> Path:
+    """A small ImageFolder copy of the digits fixture: 16 training and 6 validation images per class."""
+    root = tmp_path_factory.mktemp("digits-slice")
+    _copy_slice(digits_fixture.train_dir, root / "train", 16)
+    _copy_slice(digits_fixture.val_dir, root / "val", 6)
+    return root

@@ -330,3 +330,14 @@ def test_untrained_model_rejected(digits_fixture, exported):
                  "--artifact", exported["good"][("tflite", "int8")], "--no-db")
     assert result.exit_code == 2
     assert "--checkpoint is required" in result.output
+
+
+def test_threads_beyond_cores_rejected(lite0_checkpoint, tmp_path):
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"not read: the thread count is checked first")
+    result = run("check", "--checkpoint", lite0_checkpoint, "--data", Path(__file__).parents[1] / "calib" / "photos",
+                 "--artifact", artifact,
+                 "--min-agreement", "0.9", "--threads", "999", "--no-db")
+    assert result.exit_code == 2, result.output
+    assert "--threads 999 is more than the" in result.output
+    assert "pass --threads" in result.output

@@ -140,3 +140,33 @@ def test_two_exports_same_output(tmp_path, small_photos):
     assert hashlib.sha256(artifact).hexdigest() == sidecar["sha256"]
     assert files_under(output) == [".b0-64px-fp32-untrained.onnx.lock", "b0-64px-fp32-untrained.onnx",
                                    "b0-64px-fp32-untrained.onnx.json"]
+
+
+def qat_argv(digits_fixture, data: Path, output: Path, *extra: str) -> list[str]:
+    return [*EDGEEFF, "qat", "--checkpoint", str(digits_fixture.checkpoint), "--data", str(data),
+            "--output", str(output), *extra]
+
+
+def test_interrupt_during_qat_then_resume(digits_fixture, digits_slice, tmp_path):
+    """An interrupt in the second epoch keeps the first epoch's checkpoint, and --resume finishes the run."""
+    import torch
+
+    output = tmp_path / "run"
+    recipe = ["--recipe", str(ROOT / "recipes" / "qat" / "digits.yaml"), "--epochs", "3", "--batch-size", "32",
+              "--set", "calibration_size=16"]
+    completed = interrupt_when(qat_argv(digits_fixture, digits_slice, output, *recipe), (output / "last.pt").exists,
+                               signal.SIGINT)
+    assert completed.returncode == INTERRUPTED, completed.stderr
+    assert completed.stderr.rstrip().splitlines()[-1] == "interrupted: no partial artifact was kept"
+    assert not [name for name in files_under(output) if ".partial" in name]
+    assert not (output / "summary.json").exists()
+    last = torch.load(output / "last.pt", map_location="cpu", weights_only=True)
+    assert 1 <= last["epoch"] < 3
+    assert len(json.loads((output / "history.json").read_text())) == last["epoch"]
+
+    resumed = subprocess.run(qat_argv(digits_fixture, digits_slice, output, "--resume", "--json"),
+                             capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["status"] == "complete"
+    assert [entry["epoch"] for entry in summary["history"]] == [1, 2, 3]

@@ -451,3 +451,12 @@ def test_e2e_impossible_budget_exit_3(e2e):
     output = " ".join(result.output.split())
     assert "no candidate meets p90 <= 0.001 ms on host: the fastest measured is" in output
     assert "what would fit:" in output
+
+
+def test_cli_threads_beyond_cores_before_export(tmp_path):
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(cli, ["select", "--budget-ms", "25", "--models", "b0,b1", "--threads", "999",
+                                      "--cache-dir", str(cache), "--db", str(tmp_path / "r.sqlite")])
+    assert result.exit_code == 2, result.output
+    assert "--threads 999 is more than the" in result.output
+    assert not cache.exists() or not any(cache.rglob("*.tflite"))

@@ -11,12 +11,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import sys
 import warnings
 
 import click
 
+from edgeeff import interrupts
 from edgeeff.cli.common import EXIT_USAGE, handle_errors
 
 # 128 + SIGINT, the shell's code for a run stopped by Ctrl-C; SIGTERM exits with it too.
@@ -92,18 +92,27 @@ def _register() -> None:
 _register()
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     # SIGTERM (from CI cancellation, timeout or kill) unwinds like Ctrl-C, so temporary files are removed.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupts.install_handlers()
     try:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:
-        click.echo("interrupted: no partial artifact was kept", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
+    except SystemExit as exc:
+        # A signal whose KeyboardInterrupt a library dropped still ends the run as interrupted.
+        if interrupts.interrupted() and exc.code != EXIT_INTERRUPTED:
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    click.echo("interrupted: no partial artifact was kept", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Temporary files are already removed while the interrupt unwound. Skipping interpreter
+    # shutdown avoids crashes in extension modules that the signal stopped half-imported.
+    os._exit(EXIT_INTERRUPTED)
 
 
 __all__ = ["EXIT_USAGE", "cli", "main"]

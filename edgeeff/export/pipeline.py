@@ -26,6 +26,7 @@ from edgeeff.checkpoints import LoadedModel
 from edgeeff.data.calibration import CalibrationData, load_calibration
 from edgeeff.export.base import ARCHES, PRECISIONS, ExportDetails, ExportRequest
 from edgeeff.export.verify import FP32_TOLERANCE, verify_artifact
+from edgeeff.interrupts import raise_if_interrupted
 from edgeeff.io import atomic_paths, check_writable_dir, file_lock, sha256_file
 from edgeeff.models.counting import count_macs, count_params
 from edgeeff.runtime import SUFFIX_RUNTIME
@@ -294,6 +295,7 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
         records = []
         for precision in options.precisions:
             for target in options.targets:
+                raise_if_interrupted()
                 record = export_one(loaded, data, int8_reference if precision == "int8" else reference, target,
                                     precision, options, model_meta, corrected)
                 records.append(record)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from edgeeff.checkpoints import LoadedModel
+from edgeeff.interrupts import raise_if_interrupted
 from edgeeff.io import write_json_atomic
 from edgeeff.qat.data import (QATData, distillation_loss, load_qat_data, predict_logits, score_logits,
                               with_teacher_logits)
@@ -263,6 +264,7 @@ def _to_device(batches: Iterable, device: torch.device) -> Iterator:
 
 def _counted(batches: Iterable, reporter: Reporter | None, epoch: int, total: int) -> Iterator:
     for done, batch in enumerate(batches, start=1):
+        raise_if_interrupted()
         yield batch
         _report(reporter, "batch", epoch=epoch, done=done, total=total)
 

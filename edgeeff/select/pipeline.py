@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeeff.profile import ProfileSettings, ResultsDatabase, open_device, resolve_profile
+from edgeeff.profile.local import check_threads
 from edgeeff.select.accuracy import attach_accuracy, read_accuracy
 from edgeeff.select.cache import ExportCache
 from edgeeff.select.candidates import build_candidates, parse_models
@@ -155,6 +156,8 @@ def select_model(request: SelectRequest, on_message: Callable[[str], None] | Non
                          adb=request.adb, timeout_s=request.timeout_s)
     try:
         info = device.info()
+        # Rejected here, before the first candidate is exported, not when it is profiled.
+        check_threads(threads, info.get("cores"), profile.name)
         export = ExportSettings(target=target, precision=request.precision,
                                 arch=request.arch or arch_of(info.get("machine")), calib=request.calib,
                                 calib_size=request.calib_size, verify_size=request.verify_size,
