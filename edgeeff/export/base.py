@@ -28,6 +28,7 @@ class ExportRequest:
     path: Path
     calibration: np.ndarray | None = None
     arch: str = "x86"
+    bias_corrected: bool = False  # `model` already carries NNCF's corrected biases
 
 
 @dataclass

@@ -148,7 +148,9 @@ def nncf_initialization(model: nn.Module, resolution: int,
         nncf.set_log_level(logging.ERROR)  # its import resets the level the CLI set; keep --verbose output
     graph = capture_eval_graph(model, resolution)
     with contextlib.redirect_stdout(sys.stderr):
-        quantized = quantize_for_xnnpack(graph, np.ascontiguousarray(calibration, dtype=np.float32), tool="nncf")
+        # The QAT graph quantizes the logits, so NNCF must choose their range too.
+        quantized = quantize_for_xnnpack(graph, np.ascontiguousarray(calibration, dtype=np.float32), tool="nncf",
+                                         float_classifier=False)
     activations, biases = read_nncf_model(quantized)
     init = NNCFInitialization(activations=activations, biases=biases, calibration_images=len(calibration),
                               nncf_version=nncf.__version__)
