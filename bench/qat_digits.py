@@ -259,6 +259,12 @@ def findings(results: dict) -> list[str]:
             worst = max(abs(value - fake_quant) for value in exported)
             lines.append(f"  Exported artifacts differ from the fake-quant graph's accuracy by at most "
                          f"{100 * worst:.2f} points (goal: 0.5).")
+    one_image = 1.0 / results["val_images"]
+    if ptq >= float_top1 - one_image:
+        lines.append(f"- PTQ loses at most one validation image here ({100 * (ptq - float_top1):+.2f} points against "
+                     f"float), so QAT has nothing to recover on this fixture: a gap to PTQ smaller than one image "
+                     f"({100 * one_image:.2f} points) is within seed-to-seed noise. The fixture cannot show QAT's "
+                     "gain until a model or scheme where PTQ loses accuracy is added.")
     lines.append("- The best epoch is chosen on the same validation split that scores it; the last-epoch rows "
                  "show the numbers without that choice. TFLite INT8 re-calibrates the QAT-adapted weights with "
                  "ai-edge-quantizer, because it takes no given ranges; ExecuTorch and ONNX keep the learned ones.")
