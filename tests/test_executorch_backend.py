@@ -153,11 +153,52 @@ def test_int8_fully_delegated(exported, name):
     # The classifier writes float logits on purpose; it is the only float fully connected node.
     assert graph["float_ops_in_delegate"]["XNNFullyConnected"] == 1
     if name == "b0":
-        # XNNPACK has no int8 sigmoid here, so SiLU and the SE gate's sigmoid stay float.
-        assert graph["float_ops_in_delegate"]["XNNSigmoid"] == graph["ops_in_delegate"]["aten.sigmoid.default"]
+        # SiLU, the SE gate and the pools run in int8; only the classifier stays float.
+        assert graph["float_ops_in_delegate"] == {"XNNFullyConnected": 1}
+        assert graph["xnnpack_nodes"]["XNNSigmoid qint8"] == graph["ops_in_delegate"]["aten.sigmoid.default"]
+        # One conversion of the input to int8, one of the pooled features to float for the classifier.
+        assert graph["converts_in_delegate"] == 2
     else:
         # ReLU6 is fused into the int8 convs, and only the SAME pads and the classifier stay float.
         assert graph["float_ops_in_delegate"] == {"XNNFullyConnected": 1, "XNNStaticConstantPad": 5}
+
+
+class QuantizedSigmoid(torch.nn.Module):
+    """Quantize the input, then dequantize → sigmoid → quantize → dequantize at the given output scale and zero point."""
+
+    def __init__(self, scale: float, zero_point: int):
+        super().__init__()
+        self.scale = scale
+        self.zero_point = zero_point
+
+    def forward(self, x):
+        ops = torch.ops.quantized_decomposed
+        x = ops.dequantize_per_tensor.default(ops.quantize_per_tensor.default(x, 0.05, 0, -128, 127, torch.int8),
+                                              0.05, 0, -128, 127, torch.int8)
+        y = ops.quantize_per_tensor.default(torch.sigmoid(x), self.scale, self.zero_point, -128, 127, torch.int8)
+        return ops.dequantize_per_tensor.default(y, self.scale, self.zero_point, -128, 127, torch.int8)
+
+
+@pytest.mark.parametrize(("scale", "zero_point"), [(1 / 256, -128), (0.01, 20)])
+def test_partitioner_int8_sigmoid(tmp_path, scale, zero_point):
+    """A quantized sigmoid lowers to one int8 XNNPACK sigmoid, also with an output range other than [0, 1)."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgeeff.export.executorch import describe_delegation, xnnpack_partitioner
+
+    module = QuantizedSigmoid(scale, zero_point)
+    x = torch.linspace(-6, 6, 64).reshape(1, 4, 4, 4)
+    edge = to_edge_transform_and_lower(torch.export.export(module, (x,)), partitioner=[xnnpack_partitioner()])
+    graph = describe_delegation(edge.exported_program())
+    path = tmp_path / "sigmoid.pte"
+    path.write_bytes(edge.to_executorch().buffer)
+
+    logits = run_pte(path, x.numpy())
+
+    assert graph["fully_delegated"]
+    assert graph["xnnpack_nodes"]["XNNSigmoid qint8"] == 1
+    assert "XNNSigmoid" not in graph["float_ops_in_delegate"]
+    assert np.abs(logits - module(x).numpy()).max() <= scale + 1e-6
 
 
 @pytest.mark.slow

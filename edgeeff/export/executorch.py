@@ -23,12 +23,11 @@ QUANTIZATION_TOOLS = ("nncf", "torchao")
 
 def export_executorch(request: ExportRequest) -> ExportDetails:
     """Write `request.model` as an XNNPACK-delegated ExecuTorch program to `request.path`."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     program = capture_program(request)
     with torch.no_grad():
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(program, partitioner=[xnnpack_partitioner()])
         graph = describe_delegation(edge.exported_program())
         executorch_program = edge.to_executorch()
 
@@ -119,17 +118,22 @@ def _keep_global_pool_dims(program: torch.export.ExportedProgram) -> None:
 
 
 def quantize_for_xnnpack(module: torch.fx.GraphModule, calibration: np.ndarray, tool: str = "nncf",
-                         bias_correction: bool = True, float_classifier: bool = True) -> torch.fx.GraphModule:
+                         bias_correction: bool = True, float_classifier: bool = True,
+                         int8_silu_se: bool = True) -> torch.fx.GraphModule:
     """Quantize an exported module for XNNPACK: int8 per-channel symmetric weights, int8 activations.
 
     `module` comes from `torch.export.export(...).module()` and is changed in place. `calibration`
     is a float32 NCHW array, fed one image at a time because the graph has a static batch of 1.
     `tool="nncf"` runs NNCF's `quantize_pt2e` with histogram activation ranges, and with fast bias
     correction unless `bias_correction` is False. `float_classifier` keeps the logits' linear
-    layer in float (see `_keep_classifier_float`). `tool="torchao"` runs plain PT2E prepare, calibrate and convert, whose observers
-    come from XNNPACKQuantizer's config (HistogramObserver), and is kept to compare the two.
+    layer in float (see `_keep_classifier_float`). `int8_silu_se` quantizes SiLU, the
+    squeeze-and-excitation sigmoid and the global average pools in int8 (see
+    `_annotate_silu_se`), which the .pte runs in int8 only when lowered with
+    `xnnpack_partitioner()`. `tool="torchao"` runs plain PT2E prepare, calibrate and convert,
+    whose observers come from XNNPACKQuantizer's config (HistogramObserver), and is kept to
+    compare the two.
     """
-    quantizer = _xnnpack_quantizer(float_classifier)
+    quantizer = _xnnpack_quantizer(float_classifier, int8_silu_se)
     samples = [torch.from_numpy(np.ascontiguousarray(calibration[i:i + 1])) for i in range(len(calibration))]
     if tool == "nncf":
         import nncf
@@ -139,21 +143,23 @@ def quantize_for_xnnpack(module: torch.fx.GraphModule, calibration: np.ndarray, 
         # NNCF's default activation ranges average each image's min and max, which clipped
         # outlier images: on a trained B0 the worst image's logit cosine was 0.90, against
         # 0.99 with histogram ranges.
-        return quantize_pt2e(module, quantizer, nncf.Dataset(samples), subset_size=len(samples),
-                             fast_bias_correction=True if bias_correction else None, smooth_quant=False,
-                             activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
-    if tool == "torchao":
+        quantized = quantize_pt2e(module, quantizer, nncf.Dataset(samples), subset_size=len(samples),
+                                  fast_bias_correction=True if bias_correction else None, smooth_quant=False,
+                                  activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
+    elif tool == "torchao":
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         prepared = prepare_pt2e(module, quantizer)
         for sample in samples:
             prepared(sample)
-        return convert_pt2e(prepared)
-    raise ValueError(f"invalid quantization tool {tool!r}: use one of {', '.join(QUANTIZATION_TOOLS)}")
+        quantized = convert_pt2e(prepared)
+    else:
+        raise ValueError(f"invalid quantization tool {tool!r}: use one of {', '.join(QUANTIZATION_TOOLS)}")
+    return quantized
 
 
-def _xnnpack_quantizer(float_classifier: bool = True):
-    """Build ExecuTorch's XNNPACKQuantizer with one added pattern: conv followed by ReLU6.
+def _xnnpack_quantizer(float_classifier: bool = True, int8_silu_se: bool = True):
+    """Build ExecuTorch's XNNPACKQuantizer with added patterns: conv followed by ReLU6, and SiLU and SE ops.
 
     The stock quantizer (executorch 1.5.1) fuses only ReLU into a conv. Before a ReLU6
     (`hardtanh(0, 6)`) it quantizes the raw conv output, whose range is far wider than [0, 6],
@@ -161,19 +167,111 @@ def _xnnpack_quantizer(float_classifier: bool = True):
     clamped output, and XnnpackPartitioner fuses the clamp into the int8 conv. On the released
     Lite0 checkpoint at 224 px this raised the logits' cosine to float from 0.87 to 0.99.
     With `float_classifier`, the classifier stays float (see `_keep_classifier_float`).
+    With `int8_silu_se`, SiLU becomes `x * sigmoid(x)` before annotation, and each sigmoid and
+    each global average pool gets int8 input and output (see `_annotate_silu_se`).
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 
     class ConvClampXNNPACKQuantizer(XNNPACKQuantizer):
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            if int8_silu_se:
+                _decompose_silu(model)
+            return super().transform_for_annotation(model)
+
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             _annotate_conv_hardtanh(model, self.global_config)
+            if int8_silu_se:
+                _annotate_silu_se(model, self.global_config)
             model = super().annotate(model)
             if float_classifier:
                 _keep_classifier_float(model)
             return model
 
     return ConvClampXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _decompose_silu(model: torch.fx.GraphModule) -> None:
+    """Replace each `silu(x)` with `x * sigmoid(x)`, in place, so that both ops can be annotated.
+
+    `to_edge` decomposes SiLU the same way before XnnpackPartitioner runs, so an annotation
+    on the `silu` node itself would quantize only its input and output and leave the sigmoid
+    and the multiply between them in float.
+    """
+    graph = model.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.ops.aten.silu.default, torch.ops.aten.silu_.default):
+            continue
+        source = node.args[0]
+        with graph.inserting_before(node):
+            gate = graph.call_function(torch.ops.aten.sigmoid.default, (source,))
+            product = graph.call_function(torch.ops.aten.mul.Tensor, (source, gate))
+        gate.meta = dict(node.meta)
+        product.meta = dict(node.meta)
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
+    model.recompile()
+
+
+def _annotate_silu_se(model: torch.fx.GraphModule, config) -> None:
+    """Annotate each sigmoid and each global average pool (`mean` over H and W) with int8 input and output.
+
+    The stock quantizer annotates neither, so in the .pte they computed in fp32 with int8/fp32
+    conversions around them: on B0, 65 sigmoids and the 49 SiLU multiplies that take their
+    output, and 17 pools. The multiplies already have an int8 annotation, which takes effect
+    once both of their inputs are int8. The outputs get the ordinary activation spec, whose
+    range NNCF calibrates: NNCF's `quantize_pt2e` (nncf 3.4.0) raises on any spec other than
+    `QuantizationSpec` and `SharedQuantizationSpec`, a fixed-range sigmoid spec included.
+    """
+    from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, get_input_act_qspec,
+                                                     get_output_act_qspec)
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    for node in model.graph.nodes:
+        if node.op != "call_function" or not (node.target == torch.ops.aten.sigmoid.default or _is_global_pool(node)):
+            continue
+        source = node.args[0]
+        if Q_ANNOTATION_KEY in node.meta and node.meta[Q_ANNOTATION_KEY]._annotated:
+            continue
+        value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+        if value is None or value.dtype != torch.float32:
+            continue
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map={source: get_input_act_qspec(config)},
+                                                             output_qspec=get_output_act_qspec(config),
+                                                             _annotated=True)
+
+
+def _is_global_pool(node: torch.fx.Node) -> bool:
+    """Check whether `node` is `mean` over H and W of an NCHW tensor with keepdim: an XNNPACK global pool."""
+    if node.target != torch.ops.aten.mean.dim or node.kwargs.get("dtype") is not None:
+        return False
+    source = node.args[0]
+    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    return value is not None and value.dim() == 4 and bool(keepdim) and sorted(d % 4 for d in node.args[1]) == [2, 3]
+
+
+def xnnpack_partitioner():
+    """Build XnnpackPartitioner with an int8 sigmoid: the default configs, with SigmoidConfig replaced.
+
+    ExecuTorch 1.5.1's SigmoidConfig allows only fp32, so a quantized sigmoid became an fp32
+    XNNPACK sigmoid between two conversions. The replacement also takes the dequantize →
+    sigmoid → quantize pattern as one int8 sigmoid. Older XNNPACK releases accepted only an
+    output scale of 1/256 and zero point -128 for it, but the XNNPACK in executorch 1.5.1 ran
+    calibrated output parameters (scale 0.01, zero point 20, for example) and matched the
+    quantized PyTorch graph exactly. FP32 graphs lower as with the stock configs.
+    """
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import SigmoidConfig
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class Int8SigmoidConfig(SigmoidConfig):
+        def supported_precision_types(self):
+            return [ConfigPrecisionType.FP32, ConfigPrecisionType.STATIC_QUANT]
+
+    configs = [Int8SigmoidConfig if config is SigmoidConfig else config for config in ALL_PARTITIONER_CONFIGS]
+    return XnnpackPartitioner(configs=configs)
 
 
 def _keep_classifier_float(model: torch.fx.GraphModule) -> None:
@@ -239,7 +337,9 @@ def _int8_scheme(calibration_count: int) -> dict:
         "weight_scheme": "per-channel symmetric",
         "activation_dtype": "int8",
         "activation_scheme": "per-tensor affine",
-        "extra_patterns": ["conv + hardtanh (ReLU6) quantized as one op"],
+        "extra_patterns": ["conv + hardtanh (ReLU6) quantized as one op",
+                           "SiLU as x * sigmoid(x), with the sigmoid and its multiply in int8",
+                           "squeeze-and-excitation sigmoid and global average pools in int8"],
         "float_ops": ["the classifier (linear layer writing the logits)"],
         "activation_ranges": "histogram",
         "bias_correction": "fast",
@@ -254,9 +354,9 @@ def describe_delegation(program: torch.export.ExportedProgram) -> dict:
     `ops_in_delegate` and `ops_outside_delegate` count edge-dialect ops by name.
     `xnnpack_nodes` counts the nodes of the serialized XNNPACK graphs by node type and output
     datatype. For a quantized program, `float_ops_in_delegate` lists the XNNPACK nodes that
-    compute in float (a sigmoid, which has no int8 kernel here, for example) and
-    `converts_in_delegate` counts the int8/float conversions around them. Both are empty for
-    FP32 programs.
+    compute in float (the classifier that `_keep_classifier_float` keeps, or ops without int8
+    annotations) and `converts_in_delegate` counts the int8/float conversions around them.
+    Both are empty for FP32 programs.
     """
     delegate_calls = 0
     outside: collections.Counter[str] = collections.Counter()

@@ -136,8 +136,10 @@ def nncf_initialization(model: nn.Module, resolution: int,
     """Run NNCF's PTQ on `model` (eval mode, unchanged) and return its ranges, biases and INT8 graph.
 
     The quantization is the ExecuTorch INT8 export's (`quantize_for_xnnpack` with NNCF), so QAT
-    starts from the model that `edgeeff export --int8` would ship. `calibration` is a float32
-    NCHW array. The returned graph takes any batch size, for measuring PTQ accuracy.
+    starts from the model that `edgeeff export --int8` would ship, except that SiLU, the
+    squeeze-and-excitation sigmoid and the global pools stay float as in the QAT graph.
+    `calibration` is a float32 NCHW array. The returned graph takes any batch size, for
+    measuring PTQ accuracy.
     """
     import nncf
 
@@ -148,9 +150,10 @@ def nncf_initialization(model: nn.Module, resolution: int,
         nncf.set_log_level(logging.ERROR)  # its import resets the level the CLI set; keep --verbose output
     graph = capture_eval_graph(model, resolution)
     with contextlib.redirect_stdout(sys.stderr):
-        # The QAT graph quantizes the logits, so NNCF must choose their range too.
+        # The QAT graph quantizes the logits, so NNCF must choose their range too. Its quantizer
+        # leaves SiLU, the sigmoid and the pools float, so NNCF must not add quantizers there.
         quantized = quantize_for_xnnpack(graph, np.ascontiguousarray(calibration, dtype=np.float32), tool="nncf",
-                                         float_classifier=False)
+                                         float_classifier=False, int8_silu_se=False)
     activations, biases = read_nncf_model(quantized)
     init = NNCFInitialization(activations=activations, biases=biases, calibration_images=len(calibration),
                               nncf_version=nncf.__version__)
