@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM: stop a run at the next safe point and never lose the signal.
+"""Ctrl-C and SIGTERM: stop a run at the next safe point, even when a library drops the interrupt.
 
 Python runs a signal handler between two bytecodes of the main thread, wherever they are. When
 that is inside a garbage-collection or weakref callback (JAX and torch register some), the
