@@ -7,7 +7,6 @@ NaN or Inf weights and attach the preprocessing the source library trained with.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from edgeeff.checkpoints.formats import FORMATS, NATIVE, CheckpointFormat, detec
 from edgeeff.checkpoints.keras import KERAS_SUFFIXES, KerasFileError, read_keras_file
 from edgeeff.checkpoints.timm import preprocessing_from_config
 from edgeeff.data.preprocess import IMAGENET, LITE, Preprocessing
+from edgeeff.io import sha256_file
 from edgeeff.models import EfficientNet, Variant, arch_config, get_variant
 from edgeeff.models.variants import VARIANTS, with_resolution
 
@@ -54,14 +54,6 @@ class LoadedModel:
     @property
     def resolution(self) -> int:
         return self.variant.resolution
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
