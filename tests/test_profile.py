@@ -324,10 +324,9 @@ def test_missing_artifact():
 
 
 def _disagreeing_pairs(records) -> list[tuple[float, float, float]]:
-    """Return (median, median, spread) for each pair of profiles whose medians differ by more than their spread.
+    """Return (median, median, spread) for each pair of profiles whose medians differ by more than the spread.
 
-    The spread of one profile is the range it reports for its middle runs, p99 - min; a pair is
-    compared with the wider of its two spreads.
+    A profile's spread is p99 - min, and a pair is compared with the wider of its two spreads.
     """
     pairs = []
     for i, a in enumerate(records):
