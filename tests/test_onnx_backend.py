@@ -188,9 +188,10 @@ def test_int8_details(int8_lite0):
     assert details.quantization["biases_corrected"] > 0
     assert "onnxruntime" in details.tool
     assert details.graph["integer_ops"] > 0
-    # onnxruntime on x86 fuses every Conv, Add and the classifier of a uint8 graph; the
-    # global average pool (ReduceMean) has no integer kernel.
-    assert details.graph["float_compute_op_types"] == {"ReduceMean": 1}
+    # onnxruntime on x86 fuses every Conv, Add, pool and the classifier of a uint8 graph.
+    assert details.graph["float_compute_op_types"] == {}
+    assert "ReduceMean" not in details.graph["op_types"]
+    assert details.graph["op_types"]["GlobalAveragePool"] == 1
     assert details.warnings == []
 
 
@@ -368,3 +369,40 @@ def test_runner_imports_no_torch():
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr or "edgeeff.runtime.onnxruntime imported torch"
+
+
+def test_spatial_means_become_global_pools():
+    """ReduceMean over H and W becomes GlobalAveragePool (with Flatten when keepdims=0); others stay."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from edgeeff.export.onnx import _spatial_means_to_global_pools
+
+    axes_hw = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes_hw")
+    axes_c = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes_c")
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes_hw"], ["kept"], keepdims=1),
+        helper.make_node("ReduceMean", ["x", "axes_hw"], ["flat"], keepdims=0),
+        helper.make_node("ReduceMean", ["x", "axes_c"], ["channels"], keepdims=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "means", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, [1, 4, 1, 1]),
+         helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("channels", TensorProto.FLOAT, [1, 1, 5, 6])],
+        [axes_hw, axes_c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+
+    assert _spatial_means_to_global_pools(model) == 2
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool", "GlobalAveragePool", "Flatten",
+                                                     "ReduceMean"]
+    assert [i.name for i in model.graph.initializer] == ["axes_c"]
+
+    x = np.random.default_rng(0).standard_normal((1, 4, 5, 6)).astype(np.float32)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    kept, flat, channels = session.run(None, {"x": x})
+    np.testing.assert_allclose(kept, x.mean((2, 3), keepdims=True), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(flat, x.mean((2, 3)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(channels, x.mean(1, keepdims=True), rtol=1e-6, atol=1e-6)

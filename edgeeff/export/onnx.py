@@ -117,6 +117,51 @@ def _export_float(model: torch.nn.Module, resolution: int, path: Path) -> None:
                           output_names=[OUTPUT_NAME], dynamo=True, external_data=False, verbose=False)
     if not path.is_file():
         raise RuntimeError(f"torch.onnx.export wrote no file at {path}")
+    model = onnx.load(str(path))
+    if _spatial_means_to_global_pools(model):
+        onnx.save(model, str(path))
+
+
+def _spatial_means_to_global_pools(model: onnx.ModelProto) -> int:
+    """Replace each ReduceMean over H and W of a 4-D tensor with GlobalAveragePool, and return the count.
+
+    torch.onnx writes the squeeze-and-excitation and head pools as ReduceMean. onnxruntime has no
+    integer ReduceMean, so in a QDQ graph each one runs in float between a DequantizeLinear and a
+    QuantizeLinear. A QDQ GlobalAveragePool fuses into QLinearGlobalAveragePool instead. Both ops
+    compute the same mean.
+    """
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    nodes = []
+    replaced = 0
+    for node in model.graph.node:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axes = attributes.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in initializers:
+            axes = initializers[node.input[1]].tolist()
+        if (node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4 or axes is None
+                or sorted(axis % 4 for axis in axes) != [2, 3]):
+            nodes.append(node)
+            continue
+        if attributes.get("keepdims", 1):
+            nodes.append(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
+        else:
+            # The head's pool drops H and W: pool to (N, C, 1, 1), then flatten to (N, C).
+            pooled = f"{node.output[0]}_pooled"
+            nodes.append(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name))
+            nodes.append(onnx.helper.make_node("Flatten", [pooled], list(node.output), name=f"{node.name}_flatten",
+                                               axis=1))
+        replaced += 1
+    if replaced:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        # The axes tensors of the removed ReduceMeans are now unused.
+        used = {name for node in nodes for name in node.input}
+        unused = [i for i in model.graph.initializer if i.name not in used]
+        for initializer in unused:
+            model.graph.initializer.remove(initializer)
+    return replaced
 
 
 class _CalibrationReader(CalibrationDataReader):
