@@ -66,10 +66,10 @@ def lite0(photos, lite0_checkpoint):
     return loaded.model, calibration, compare
 
 
-def export(tmp_path_factory, model, precision, calibration=None):
+def export(tmp_path_factory, model, precision, calibration=None, bias_correction_images=0):
     path = tmp_path_factory.mktemp("tflite") / f"model-{precision}.tflite"
     details = export_tflite(ExportRequest(model=model, resolution=RESOLUTION, precision=precision, path=path,
-                                          calibration=calibration))
+                                          calibration=calibration, bias_correction_images=bias_correction_images))
     return path, details
 
 
@@ -100,6 +100,18 @@ def lite0_fp32(tmp_path_factory, lite0):
 def lite0_int8(tmp_path_factory, lite0):
     model, calibration, _ = lite0
     return export(tmp_path_factory, model, "int8", calibration)
+
+
+@pytest.fixture(scope="module")
+def lite0_int8_corrected(tmp_path_factory, lite0):
+    model, calibration, _ = lite0
+    return export(tmp_path_factory, model, "int8", calibration, bias_correction_images=CALIBRATION_COUNT)
+
+
+@pytest.fixture(scope="module")
+def b0_int8_corrected(tmp_path_factory, b0):
+    model, calibration, _ = b0
+    return export(tmp_path_factory, model, "int8", calibration, bias_correction_images=8)
 
 
 # FP32
@@ -183,6 +195,46 @@ def test_int8_lite0_agrees_with_float(lite0, lite0_int8):
     logits = LiteRTRunner(path, threads=2).run_many(compare)
     # Measured mean cosine is 0.989 at 96 px with 16 calibration photos.
     assert cosine(logits, eager_logits(model, compare)).mean() > 0.95
+
+
+@pytest.mark.slow
+def test_bias_correction_brings_lite0_closer(lite0, lite0_int8, lite0_int8_corrected):
+    model, _, compare = lite0
+    reference = eager_logits(model, compare)
+    plain = cosine(LiteRTRunner(lite0_int8[0], threads=2).run_many(compare), reference)
+    corrected = cosine(LiteRTRunner(lite0_int8_corrected[0], threads=2).run_many(compare), reference)
+    # Held-out photos, not the 16 that set the biases. Measured mean cosine at 96 px: 0.989 -> 0.996.
+    assert corrected.mean() > plain.mean()
+    assert corrected.mean() > 0.98
+    _, details = lite0_int8_corrected
+    assert details.quantization["bias_correction"].startswith(f"sequential on the int8 TFLite model, "
+                                                              f"{CALIBRATION_COUNT} images")
+    assert "bias_correction" not in lite0_int8[1].quantization
+
+
+@pytest.mark.slow
+def test_bias_correction_b0_stays_near_float(b0, b0_int8_corrected):
+    model, _, compare = b0
+    path, details = b0_int8_corrected
+    assert details.graph["float_compute_op_total"] == 0
+    logits = LiteRTRunner(path, threads=2).run_many(compare)
+    similarity = cosine(logits, eager_logits(model, compare)).mean()
+    # Same bound as the uncorrected B0 above. Untrained logits are nearly flat, so a correction of
+    # noise would show here (0.81 before channels within two standard errors were left alone, 0.91 after, 0.94 uncorrected).
+    assert similarity > 0.85
+
+
+@pytest.mark.parametrize(("layers", "gmacs", "available", "expected"), [
+    (50, 0.4, 63, 32),     # Lite0 at 224 px: the cap
+    (50, 0.4, 10, 10),     # fewer images than the cap: all of them
+    (120, 1.0, 300, 16),   # B2-sized: the budget
+    (165, 4.2, 300, 0),    # B4-sized: under MIN_IMAGES, so off
+    (50, 0.4, 0, 0),       # no images
+])
+def test_bias_correction_image_plan(layers, gmacs, available, expected):
+    from edgeeff.export.tflite_bias import plan_images
+
+    assert plan_images(layers, gmacs, available) == expected
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ class ExportRequest:
     calibration: np.ndarray | None = None
     arch: str = "x86"
     bias_corrected: bool = False  # `model` already carries NNCF's corrected biases
+    # Calibration images for a backend's own bias correction on its int8 model (TFLite); 0 turns it off.
+    bias_correction_images: int = 0
 
 
 @dataclass

@@ -37,10 +37,46 @@ log = logging.getLogger(__name__)
 TARGETS = ("executorch", "tflite", "onnx")
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
 # INT8 targets that quantize a copy of the model whose biases NNCF corrected on the ONNX graph.
-# ai-edge-quantizer (TFLite) has no bias correction. ExecuTorch's quantize_pt2e has a fast one,
-# but on the Lite0 checkpoint the ONNX correction agreed with float on 70 of 78 photos against 67.
+# ExecuTorch's quantize_pt2e has a fast correction, but on the Lite0 checkpoint the ONNX one agreed
+# with float on 70 of 78 photos against 67. TFLite corrects its int8 model layer by layer
+# (edgeeff.export.tflite_bias) and takes NNCF's biases only for models too large for that.
 BIAS_CORRECTED_TARGETS = ("tflite", "executorch")
 RUNTIME = {target: SUFFIX_RUNTIME[suffix] for target, suffix in SUFFIX.items()}
+
+
+@dataclass
+class BiasCorrectionPlan:
+    """How each INT8 target corrects its biases in one export run.
+
+    `nncf_targets` quantize `nncf_model` (NNCF's corrected copy and its count of changed layers).
+    `tflite_images` is the number of calibration images for the TFLite backend's layer-by-layer
+    correction, 0 when it is off.
+    """
+
+    nncf_targets: frozenset[str] = frozenset()
+    nncf_model: tuple[torch.nn.Module, int] | None = None
+    tflite_images: int = 0
+
+
+def plan_bias_correction(loaded: LoadedModel, options: ExportOptions, data: CalibrationData) -> BiasCorrectionPlan:
+    """Choose each INT8 target's bias correction and compute NNCF's corrected model if a target needs it."""
+    if not options.bias_correction or options.qat is not None or "int8" not in options.precisions:
+        return BiasCorrectionPlan()
+    from edgeeff.export.tflite_bias import plan_images
+
+    tflite_images = 0
+    if "tflite" in options.targets:
+        layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in loaded.model.modules())
+        macs = count_macs(loaded.model, loaded.resolution)
+        tflite_images = plan_images(layers, macs / 1e9, len(data.calibration))
+    nncf_targets = frozenset(t for t in options.targets
+                             if t in BIAS_CORRECTED_TARGETS and not (t == "tflite" and tflite_images))
+    nncf_model = None
+    if nncf_targets:
+        from edgeeff.quantize.bias_correction import bias_corrected_model
+
+        nncf_model = bias_corrected_model(loaded.model, loaded.resolution, data.calibration)
+    return BiasCorrectionPlan(nncf_targets, nncf_model, tflite_images)
 
 
 class ExportError(RuntimeError):
@@ -194,12 +230,13 @@ def prepare_data(loaded: LoadedModel, options: ExportOptions, progress=None) -> 
 
 def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray, target: str,
                precision: str, options: ExportOptions, model_meta: dict,
-               corrected: tuple[torch.nn.Module, int] | None = None) -> ArtifactRecord:
+               bias_plan: BiasCorrectionPlan | None = None) -> ArtifactRecord:
     """Export, verify and publish one artifact; the final name appears only on success.
 
-    `corrected` is the bias-corrected model and its count of changed layers, used for INT8
-    targets in BIAS_CORRECTED_TARGETS.
+    `bias_plan` says which INT8 targets quantize NNCF's bias-corrected model and how many images
+    the TFLite backend's own correction uses.
     """
+    bias_plan = bias_plan or BiasCorrectionPlan()
     final = options.output / artifact_name(loaded, precision, target)
     arch = options.arch or host_arch()
     started = time.perf_counter()
@@ -207,10 +244,13 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
     try:
         # The artifact and its sidecar are renamed into place together, after verification.
         with file_lock(final), atomic_paths(final, sidecar_path(final)) as (tmp, sidecar_tmp):
-            use_corrected = corrected is not None and precision == "int8" and target in BIAS_CORRECTED_TARGETS
-            request = ExportRequest(model=corrected[0] if use_corrected else loaded.model, resolution=loaded.resolution, precision=precision,
+            corrected = bias_plan.nncf_model
+            use_corrected = corrected is not None and precision == "int8" and target in bias_plan.nncf_targets
+            request = ExportRequest(model=corrected[0] if use_corrected else loaded.model,
+                                    resolution=loaded.resolution, precision=precision,
                                     path=tmp, calibration=data.calibration if precision == "int8" else None,
-                                    arch=arch, bias_corrected=use_corrected)
+                                    arch=arch, bias_corrected=use_corrected,
+                                    bias_correction_images=bias_plan.tflite_images if target == "tflite" else 0)
             qat_backend = options.qat.backend_for(target, precision) if options.qat is not None else None
             details = (qat_backend or _backend(target))(request)
             if use_corrected:
@@ -287,18 +327,13 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
         if options.qat is not None and "int8" in options.precisions:
             int8_reference = options.qat.int8_logits(data.holdout)
         model_meta = _model_metadata(loaded)
-        corrected = None
-        if (options.bias_correction and options.qat is None and "int8" in options.precisions
-                and set(options.targets) & set(BIAS_CORRECTED_TARGETS)):
-            from edgeeff.quantize.bias_correction import bias_corrected_model
-
-            corrected = bias_corrected_model(loaded.model, loaded.resolution, data.calibration)
+        bias_plan = plan_bias_correction(loaded, options, data)
         records = []
         for precision in options.precisions:
             for target in options.targets:
                 raise_if_interrupted()
                 record = export_one(loaded, data, int8_reference if precision == "int8" else reference, target,
-                                    precision, options, model_meta, corrected)
+                                    precision, options, model_meta, bias_plan)
                 records.append(record)
                 if on_record:
                     on_record(record)

@@ -59,6 +59,15 @@ def export_tflite(request: ExportRequest) -> ExportDetails:
                              input_layout="NCHW", input_dtype=graph["input"]["dtype"])
 
     quantized = quantize_int8(float_model, calibration)
+    correction = None
+    if request.bias_correction_images > 0:
+        from edgeeff.export.tflite_bias import correct_biases
+
+        # Evenly spaced images, so a correction on fewer images still samples the whole set.
+        picked = np.linspace(0, len(calibration) - 1, min(request.bias_correction_images, len(calibration)))
+        images = calibration[np.unique(picked.round().astype(int))]
+        quantized, changed, layers = correct_biases(float_model, quantized, images, _calibration_threads())
+        correction = f"sequential on the int8 TFLite model, {len(images)} images, {changed} of {layers} layers"
     graph = inspect_graph(quantized)
     if graph["float_compute_op_total"]:
         listed = ", ".join(graph["float_compute_op_names"][:10])
@@ -84,6 +93,8 @@ def export_tflite(request: ExportRequest) -> ExportDetails:
         "calibration_count": int(len(calibration)),
         "calibration_statistic": "min/max over all calibration images",
     }
+    if correction:
+        quantization["bias_correction"] = correction
     return ExportDetails(tool=f"litert-torch {_version('litert-torch')} + ai-edge-quantizer "
                               f"{_version('ai-edge-quantizer')}",
                          quantization=quantization, graph=graph, input_layout="NCHW",
