@@ -381,13 +381,13 @@ def test_spatial_means_become_global_pools():
     axes_hw = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes_hw")
     axes_c = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes_c")
     nodes = [
-        helper.make_node("ReduceMean", ["x", "axes_hw"], ["kept"], keepdims=1),
+        helper.make_node("ReduceMean", ["x", "axes_hw"], ["pooled"], keepdims=1),
         helper.make_node("ReduceMean", ["x", "axes_hw"], ["flat"], keepdims=0),
         helper.make_node("ReduceMean", ["x", "axes_c"], ["channels"], keepdims=1),
     ]
     graph = helper.make_graph(
         nodes, "means", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
-        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, [1, 4, 1, 1]),
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 4, 1, 1]),
          helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 4]),
          helper.make_tensor_value_info("channels", TensorProto.FLOAT, [1, 1, 5, 6])],
         [axes_hw, axes_c])
@@ -402,7 +402,7 @@ def test_spatial_means_become_global_pools():
 
     x = np.random.default_rng(0).standard_normal((1, 4, 5, 6)).astype(np.float32)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    kept, flat, channels = session.run(None, {"x": x})
-    np.testing.assert_allclose(kept, x.mean((2, 3), keepdims=True), rtol=1e-6, atol=1e-6)
+    pooled, flat, channels = session.run(None, {"x": x})
+    np.testing.assert_allclose(pooled, x.mean((2, 3), keepdims=True), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(flat, x.mean((2, 3)), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(channels, x.mean(1, keepdims=True), rtol=1e-6, atol=1e-6)

@@ -46,7 +46,7 @@ RUNTIME = {target: SUFFIX_RUNTIME[suffix] for target, suffix in SUFFIX.items()}
 
 @dataclass
 class BiasCorrectionPlan:
-    """How each INT8 target corrects its biases in one export run.
+    """The bias correction of each INT8 target in one export run.
 
     `nncf_targets` quantize `nncf_model` (NNCF's corrected copy and its count of changed layers).
     `tflite_images` is the number of calibration images for the TFLite backend's layer-by-layer
