@@ -189,16 +189,9 @@ def inspect_graph(model: bytes) -> dict:
     """
     from ai_edge_litert import schema_py_generated as schema
 
-    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     type_names = {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
     flat = schema.Model.GetRootAs(model, 0)
-
-    opcodes = []
-    for i in range(flat.OperatorCodesLength()):
-        code = flat.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        custom = code.CustomCode()
-        opcodes.append(custom.decode() if custom else op_names.get(builtin, f"BUILTIN_{builtin}"))
+    opcodes = opcode_names(flat)
 
     op_counts: Counter[str] = Counter()
     float_ops: Counter[str] = Counter()
@@ -238,6 +231,23 @@ def inspect_graph(model: bytes) -> dict:
         "input": _tensor_summary(main.Tensors(main.Inputs(0)), type_names),
         "output": _tensor_summary(main.Tensors(main.Outputs(0)), type_names),
     }
+
+
+def opcode_names(flat) -> list[str]:
+    """Return the op name of each operator code of a parsed flatbuffer, in opcode-index order.
+
+    Builtin ops get their schema name (CONV_2D), custom ops their custom code.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = []
+    for i in range(flat.OperatorCodesLength()):
+        code = flat.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        names.append(custom.decode() if custom else op_names.get(builtin, f"BUILTIN_{builtin}"))
+    return names
 
 
 def _tensor_summary(tensor, type_names: dict[int, str]) -> dict:

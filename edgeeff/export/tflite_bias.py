@@ -135,12 +135,10 @@ def _significant_mean(total: np.ndarray, square_total: np.ndarray, seen: np.ndar
 
 
 def _invoke(interpreter, image: np.ndarray) -> None:
+    from edgeeff.runtime.litert import to_input_tensor
+
     detail = interpreter.get_input_details()[0]
-    if detail["dtype"] != np.float32:
-        scale, zero_point = detail["quantization"]
-        limits = np.iinfo(detail["dtype"])
-        image = np.clip(np.round(image / scale + zero_point), limits.min, limits.max).astype(detail["dtype"])
-    interpreter.set_tensor(detail["index"], image)
+    interpreter.set_tensor(detail["index"], to_input_tensor(image, detail, "the model under bias correction"))
     interpreter.invoke()
 
 
@@ -148,12 +146,12 @@ def _weighted_layers(data: bytearray) -> list[_Layer]:
     """List the weighted ops of subgraph 0 in execution order, with views into `data` of their int32 biases."""
     from ai_edge_litert import schema_py_generated as schema
 
+    from edgeeff.export.tflite import opcode_names
+
     options_types = {"CONV_2D": schema.Conv2DOptions, "DEPTHWISE_CONV_2D": schema.DepthwiseConv2DOptions,
                      "FULLY_CONNECTED": schema.FullyConnectedOptions}
-    op_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     flat = schema.Model.GetRootAs(data, 0)
-    opcodes = [op_names.get(max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode()))
-               for i in range(flat.OperatorCodesLength())]
+    opcodes = opcode_names(flat)
     subgraph = flat.Subgraphs(0)
     layers = []
     for index in range(subgraph.OperatorsLength()):

@@ -92,19 +92,7 @@ class LiteRTRunner(Runner):
         return self._from_model_output(self._interpreter.get_tensor(self._output["index"]))
 
     def _to_model_input(self, batch: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._input["dtype"])
-        if dtype == np.float32:
-            return np.ascontiguousarray(batch)
-        if dtype not in INTEGER_DTYPES:
-            raise ValueError(f"unsupported TFLite input type {dtype} in {self.path}: expected float32, int8, uint8 or int16")
-        scale, zero_point = self._input["quantization"]
-        if scale == 0:
-            raise ValueError(f"TFLite input of {self.path} is {dtype} without a quantization scale; re-export it")
-        info = np.iinfo(dtype)
-        # np.round rounds half to even, but TFLite's QUANTIZE kernel rounds half away from zero.
-        # The two differ only on exact .5 values, by one quantization step.
-        quantized = np.round(batch / np.float32(scale)) + zero_point
-        return np.clip(quantized, info.min, info.max).astype(dtype)
+        return to_input_tensor(batch, self._input, self.path)
 
     def _from_model_output(self, logits: np.ndarray) -> np.ndarray:
         if logits.dtype == np.float32:
@@ -116,4 +104,24 @@ class LiteRTRunner(Runner):
         return dequantized.reshape(logits.shape[0], -1)
 
 
-__all__ = ["LiteRTRunner", "default_threads"]
+def to_input_tensor(batch: np.ndarray, detail: dict, source: str | Path) -> np.ndarray:
+    """Convert a float32 batch to the input tensor's type, quantizing with its scale and zero point.
+
+    `detail` is the interpreter's input detail, and `source` names the model in error messages.
+    """
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return np.ascontiguousarray(batch)
+    if dtype not in INTEGER_DTYPES:
+        raise ValueError(f"unsupported TFLite input type {dtype} in {source}: expected float32, int8, uint8 or int16")
+    scale, zero_point = detail["quantization"]
+    if scale == 0:
+        raise ValueError(f"TFLite input of {source} is {dtype} without a quantization scale; re-export it")
+    info = np.iinfo(dtype)
+    # np.round rounds half to even, but TFLite's QUANTIZE kernel rounds half away from zero.
+    # The two differ only on exact .5 values, by one quantization step.
+    quantized = np.round(batch / np.float32(scale)) + zero_point
+    return np.clip(quantized, info.min, info.max).astype(dtype)
+
+
+__all__ = ["LiteRTRunner", "default_threads", "to_input_tensor"]
