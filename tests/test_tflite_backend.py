@@ -219,8 +219,8 @@ def test_bias_correction_b0_stays_near_float(b0, b0_int8_corrected):
     assert details.graph["float_compute_op_total"] == 0
     logits = LiteRTRunner(path, threads=2).run_many(compare)
     similarity = cosine(logits, eager_logits(model, compare)).mean()
-    # Same bound as the uncorrected B0 above. Untrained logits are nearly flat, so a correction of
-    # noise would show here (0.81 before channels within two standard errors were left alone, 0.91 after, 0.94 uncorrected).
+    # Same bound as the uncorrected B0 above. Untrained logits are nearly flat, so correcting noise
+    # shows here. Measured mean cosine: 0.94 uncorrected, 0.91 corrected, 0.81 when every channel is corrected.
     assert similarity > 0.85
 
 
