@@ -311,6 +311,23 @@ def test_qat_resume_continues_identically(qat_run, digits_fixture, digits_slice,
 
 
 @pytest.mark.slow
+def test_harmful_fine_tuning_hands_back_the_calibrated_start(qat_run, digits_fixture, digits_slice, tmp_path):
+    """A learning rate that wrecks the weights leaves the calibrated start (epoch 0) as the best checkpoint."""
+    from edgeeff.qat.nncf_init import NNCFInitialization
+    from edgeeff.qat.run import run_qat
+
+    init = NNCFInitialization.load(qat_run / "nncf-init.pt")
+    recipe = quick_recipe(epochs=1, lr=1.0, warmup_epochs=0)
+    summary = run_qat(_request(digits_fixture, digits_slice, tmp_path, recipe), None, init)
+    accuracy = summary["accuracy"]
+    assert summary["history"][0]["val_top1"] < accuracy["qat_start"]["top1"]
+    assert summary["best_epoch"] == 0
+    assert accuracy["qat_fake_quant"]["top1"] == accuracy["qat_start"]["top1"]
+    # int8.pt2 is converted from best.pt, so it scores like the start, give or take one image.
+    assert abs(accuracy["qat"]["top1"] - accuracy["qat_start"]["top1"]) <= 1 / accuracy["qat"]["images"] + 1e-9
+
+
+@pytest.mark.slow
 def test_qat_distillation_on_unlabelled_folder(qat_run, digits_fixture, digits_slice, tmp_path):
     from edgeeff.qat.nncf_init import NNCFInitialization
     from edgeeff.qat.run import run_qat

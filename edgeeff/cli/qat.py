@@ -31,7 +31,7 @@ def _summary_table(summary: dict):
     labelled = "top1" in accuracy["float"]
     key = "top1" if labelled else "agreement"
     table = Table(title=f"edgeeff qat: {summary['model']['variant']} {summary['model']['resolution']} px",
-                  caption=f"{summary['mode']}, best epoch {summary['best_epoch']} of {summary['epochs']}, "
+                  caption=f"{summary['mode']}, {_best_label(summary['best_epoch'])} of {summary['epochs']}, "
                           f"{accuracy['float']['images']} validation images")
     table.add_column("model")
     table.add_column("val top-1" if labelled else "top-1 agreement with float")
@@ -49,6 +49,11 @@ def _summary_table(summary: dict):
     return table
 
 
+def _best_label(epoch: int) -> str:
+    """Name the best epoch; epoch 0 is the calibrated start, which no fine-tuned epoch beat."""
+    return "best epoch 0 (the calibrated start)" if epoch == 0 else f"best epoch {epoch}"
+
+
 def _epoch_line(entry: dict) -> str:
     parts = [f"epoch {entry['epoch']}/{entry['epochs']}: train loss {entry['train_loss']:.4f}"]
     if entry.get("train_top1") is not None:
@@ -57,7 +62,7 @@ def _epoch_line(entry: dict) -> str:
         parts.append(f"val top-1 {entry['val_top1']:.2%}, val loss {entry['val_loss']:.4f}")
     if entry.get("val_agreement") is not None:
         parts.append(f"val agreement {entry['val_agreement']:.2%}, KL {entry['val_kl']:.4f}")
-    parts.append(f"best epoch {entry['best_epoch']}, {entry['seconds']:.0f} s")
+    parts.append(f"{_best_label(entry['best_epoch'])}, {entry['seconds']:.0f} s")
     return ", ".join(parts)
 
 

@@ -5,7 +5,8 @@ Files in the run folder:
 - recipe.yaml: the resolved recipe;
 - nncf-init.pt: NNCF's activation ranges and corrected biases, reused on resume;
 - last.pt: model, optimizer, scheduler and RNG state after the latest epoch, for `--resume`;
-- best.pt: the QAT graph's state at the best validation epoch;
+- best.pt: the QAT graph's state at the best validation epoch. Epoch 0 is the calibrated start,
+  so a fine-tuning that never beats it on validation hands back NNCF's starting point;
 - history.json and summary.json: per-epoch metrics, and float, PTQ and QAT accuracy side by side;
 - int8.pt2: the best epoch as a quantize/dequantize program (torch.export, batch 1), which
   `edgeeff export --from-qat` lowers to ExecuTorch and ONNX without re-calibrating;
@@ -402,7 +403,7 @@ def run_qat(request: QATRunRequest, reporter: Reporter | None = None,
     model, working = _prepare_model(request, recipe, data, run, agreement_reference, dist_info, initialization,
                                     reporter)
     history, best, best_state = _fine_tune(request, recipe, data, model, teacher, agreement_reference, dist_info,
-                                           reporter)
+                                           reporter, run["accuracy"].get("qat_start"))
 
     summary = {"status": "complete", "run": str(request.output), "mode": run["mode"], "epochs": recipe.epochs,
                "best_epoch": best["epoch"], "recipe": recipe.to_dict(), "initialization": run["initialization"],
@@ -453,8 +454,12 @@ def _prepare_model(request: QATRunRequest, recipe: QATRecipe, data: QATData, run
 
 def _fine_tune(request: QATRunRequest, recipe: QATRecipe, data: QATData, model: QATModel,
                teacher: torch.nn.Module, agreement_reference: np.ndarray | None, dist_info: Distributed,
-               reporter: Reporter | None) -> tuple[list[dict], dict, dict]:
-    """Train the remaining epochs, saving last.pt every epoch; return the history, best epoch and its state."""
+               reporter: Reporter | None, start_scores: dict | None) -> tuple[list[dict], dict, dict]:
+    """Train the remaining epochs, saving last.pt every epoch; return the history, best epoch and its state.
+
+    The calibrated start, scored as `start_scores`, competes as epoch 0: an epoch becomes the
+    best only when it beats the start on validation.
+    """
     model.to(dist_info.device)
     trainer = _trainer(model, dist_info)
     optimizer = _optimizer(model, recipe)
@@ -471,6 +476,11 @@ def _fine_tune(request: QATRunRequest, recipe: QATRecipe, data: QATData, model: 
         start_epoch, history, best = _load_last(request.output, model, optimizer, scheduler)
         best_state = torch.load(request.output / BEST_FILE, map_location="cpu", weights_only=True)
         _report(reporter, "stage", name=f"resuming after epoch {start_epoch}")
+    elif start_scores is not None:
+        best = {"epoch": 0, "scores": start_scores}
+        best_state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+        if dist_info.is_main:
+            _save_state(request.output / BEST_FILE, best_state)
 
     distill = recipe.distill or not data.labelled
     teacher.to(dist_info.device)
