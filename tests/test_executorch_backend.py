@@ -152,15 +152,15 @@ def test_int8_fully_delegated(exported, name):
     assert "XNNDepthwiseConv2d" not in graph["float_ops_in_delegate"]
     # The classifier writes float logits on purpose; it is the only float fully connected node.
     assert graph["float_ops_in_delegate"]["XNNFullyConnected"] == 1
+    # Only the classifier stays float. B0: SiLU, the SE gate and the pools run in int8. Lite0:
+    # ReLU6 is fused into the int8 convs, and the five TensorFlow SAME pads run in int8.
+    assert graph["float_ops_in_delegate"] == {"XNNFullyConnected": 1}
+    # One conversion of the input to int8, one of the pooled features to float for the classifier.
+    assert graph["converts_in_delegate"] == 2
     if name == "b0":
-        # SiLU, the SE gate and the pools run in int8; only the classifier stays float.
-        assert graph["float_ops_in_delegate"] == {"XNNFullyConnected": 1}
         assert graph["xnnpack_nodes"]["XNNSigmoid qint8"] == graph["ops_in_delegate"]["aten.sigmoid.default"]
-        # One conversion of the input to int8, one of the pooled features to float for the classifier.
-        assert graph["converts_in_delegate"] == 2
     else:
-        # ReLU6 is fused into the int8 convs, and only the SAME pads and the classifier stay float.
-        assert graph["float_ops_in_delegate"] == {"XNNFullyConnected": 1, "XNNStaticConstantPad": 5}
+        assert graph["xnnpack_nodes"]["XNNStaticConstantPad qint8"] == 5
 
 
 class QuantizedSigmoid(torch.nn.Module):

@@ -183,6 +183,7 @@ def _xnnpack_quantizer(float_classifier: bool = True, int8_silu_se: bool = True)
             _annotate_conv_hardtanh(model, self.global_config)
             if int8_silu_se:
                 _annotate_silu_se(model, self.global_config)
+            _annotate_zero_pads(model, self.global_config)
             model = super().annotate(model)
             if float_classifier:
                 _keep_classifier_float(model)
@@ -241,6 +242,39 @@ def _annotate_silu_se(model: torch.fx.GraphModule, config) -> None:
                                                              _annotated=True)
 
 
+_PAD_OPS = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+
+
+def _annotate_zero_pads(model: torch.fx.GraphModule, config) -> None:
+    """Annotate each zero pad (TensorFlow SAME padding before a strided conv) to run in int8.
+
+    The pad's output shares its input's scale and zero point, so the pad only copies int8 values
+    and writes the zero point. The stock quantizer leaves these pads unannotated: on Lite0 the five
+    pads ran in fp32 inside the delegate between int8/fp32 conversions, on the largest feature
+    maps. `xnnpack_partitioner()` accepts the int8 pad.
+    """
+    from torchao.quantization.pt2e.quantizer import (QuantizationAnnotation, SharedQuantizationSpec,
+                                                     get_input_act_qspec)
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in _PAD_OPS:
+            continue
+        if Q_ANNOTATION_KEY in node.meta and node.meta[Q_ANNOTATION_KEY]._annotated:
+            continue
+        source = node.args[0]
+        mode = node.args[2] if node.target == torch.ops.aten.pad.default and len(node.args) > 2 else "constant"
+        value = node.args[3] if node.target == torch.ops.aten.pad.default and len(node.args) > 3 else (
+            node.args[2] if node.target == torch.ops.aten.constant_pad_nd.default and len(node.args) > 2 else None)
+        source_value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+        if mode != "constant" or value not in (None, 0, 0.0) or source_value is None \
+                or source_value.dtype != torch.float32:
+            continue
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            input_qspec_map={source: get_input_act_qspec(config)},
+            output_qspec=SharedQuantizationSpec((source, node)), _annotated=True)
+
+
 def _is_global_pool(node: torch.fx.Node) -> bool:
     """Check whether `node` is `mean` over H and W of an NCHW tensor with keepdim: an XNNPACK global pool."""
     if node.target != torch.ops.aten.mean.dim or node.kwargs.get("dtype") is not None:
@@ -262,7 +296,7 @@ def xnnpack_partitioner():
     quantized PyTorch graph exactly. FP32 graphs lower as with the stock configs.
     """
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
-    from executorch.backends.xnnpack.partition.config.generic_node_configs import SigmoidConfig
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig, SigmoidConfig
     from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
@@ -270,7 +304,12 @@ def xnnpack_partitioner():
         def supported_precision_types(self):
             return [ConfigPrecisionType.FP32, ConfigPrecisionType.STATIC_QUANT]
 
-    configs = [Int8SigmoidConfig if config is SigmoidConfig else config for config in ALL_PARTITIONER_CONFIGS]
+    class Int8ConstantPadConfig(ConstantPadConfig):
+        def supported_precision_types(self):
+            return [ConfigPrecisionType.FP32, ConfigPrecisionType.STATIC_QUANT]
+
+    replaced = {SigmoidConfig: Int8SigmoidConfig, ConstantPadConfig: Int8ConstantPadConfig}
+    configs = [replaced.get(config, config) for config in ALL_PARTITIONER_CONFIGS]
     return XnnpackPartitioner(configs=configs)
 
 
