@@ -53,6 +53,31 @@ def test_top1_agreement_rejects_shape_mismatch(bench):
         bench.top1_agreement(np.zeros((2, 3)), np.zeros((3, 3)))
 
 
+def test_fastest_pass_picks_lowest_median(bench):
+    from types import SimpleNamespace
+
+    slow = SimpleNamespace(status="ok", median_ms=11.0, p90_ms=12.0, error=None)
+    fast = SimpleNamespace(status="ok", median_ms=6.0, p90_ms=6.5, error=None)
+    failed = SimpleNamespace(status="failed", median_ms=None, p90_ms=None, error="worker exited with code 1")
+
+    assert bench.fastest_pass([slow, fast]) == {"median_ms": 6.0, "p90_ms": 6.5, "pass_medians_ms": [11.0, 6.0]}
+    assert bench.fastest_pass([failed, slow])["median_ms"] == 11.0
+    assert bench.fastest_pass([failed, None]) == {"median_ms": None, "p90_ms": None, "pass_medians_ms": [],
+                                                  "profile_error": "worker exited with code 1"}
+    assert bench.fastest_pass([None])["median_ms"] is None
+
+
+def test_pass_spread_lines_flag_slow_pass(bench):
+    steady = {"model": "b0", "target": "onnx", "precision": "fp32",
+              "edgeeff": {"pass_medians_ms": [6.2, 6.4]}, "stock": {"pass_medians_ms": [6.3]}}
+    disturbed = {"model": "b0", "target": "tflite", "precision": "fp32",
+                 "edgeeff": {"pass_medians_ms": [11.2, 6.1]}, "stock": {}}
+
+    assert bench.pass_spread_lines([steady]) == []
+    assert bench.pass_spread_lines([disturbed]) == [
+        "- b0 tflite fp32 edgeeff: pass medians 11.2 / 6.1 ms; the table gives the fastest."]
+
+
 def test_achieved_gmacs(bench):
     assert bench.achieved_gmacs(400_000_000, 10.0) == pytest.approx(40.0)
     assert bench.achieved_gmacs(None, 10.0) is None
