@@ -594,7 +594,7 @@ def comparison_section(args, argv: list[str], results: list[dict], peaks: dict, 
              f"Latency: batch 1, median and p90 of {args.runs} runs after {args.warmup} warm-up runs, each artifact "
              f"in a fresh process. Each model's artifacts are profiled in {args.passes} passes, in alternating "
              "order, and the pass with the lowest median counts, so a slowdown of the shared machine during one "
-             "pass does not decide a ratio. Photos: the bundled photos sorted by name; the {even} even-indexed ones are the "
+             f"pass does not decide a ratio. Photos: the bundled photos sorted by name; the {even} even-indexed ones are the "
              f"calibration pool, the {evaluated} odd-indexed ones the evaluation set. edgeeff holds "
              f"{EDGEEFF_VERIFY_SIZE} of the pool out for its own verification and calibrates on the other "
              f"{calibrated}; the stock routes calibrate on the same {calibrated}. Top-1 agreement is with the float "
