@@ -262,13 +262,17 @@ def _annotate_zero_pads(model: torch.fx.GraphModule, config) -> None:
             continue
         if Q_ANNOTATION_KEY in node.meta and node.meta[Q_ANNOTATION_KEY]._annotated:
             continue
+        if node.target == torch.ops.aten.pad.default:  # pad(input, pad, mode="constant", value=None)
+            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+            value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        else:  # constant_pad_nd(input, pad, value=0)
+            mode = "constant"
+            value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+        if mode != "constant" or value not in (None, 0):
+            continue
         source = node.args[0]
-        mode = node.args[2] if node.target == torch.ops.aten.pad.default and len(node.args) > 2 else "constant"
-        value = node.args[3] if node.target == torch.ops.aten.pad.default and len(node.args) > 3 else (
-            node.args[2] if node.target == torch.ops.aten.constant_pad_nd.default and len(node.args) > 2 else None)
         source_value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
-        if mode != "constant" or value not in (None, 0, 0.0) or source_value is None \
-                or source_value.dtype != torch.float32:
+        if source_value is None or source_value.dtype != torch.float32:
             continue
         node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
             input_qspec_map={source: get_input_act_qspec(config)},
