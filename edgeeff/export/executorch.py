@@ -290,14 +290,15 @@ def _is_global_pool(node: torch.fx.Node) -> bool:
 
 
 def xnnpack_partitioner():
-    """Build XnnpackPartitioner with an int8 sigmoid: the default configs, with SigmoidConfig replaced.
+    """Build XnnpackPartitioner with an int8 sigmoid and an int8 constant pad; the other configs are the defaults.
 
     ExecuTorch 1.5.1's SigmoidConfig allows only fp32, so a quantized sigmoid became an fp32
     XNNPACK sigmoid between two conversions. The replacement also takes the dequantize →
     sigmoid → quantize pattern as one int8 sigmoid. Older XNNPACK releases accepted only an
     output scale of 1/256 and zero point -128 for it, but the XNNPACK in executorch 1.5.1 ran
     calibrated output parameters (scale 0.01, zero point 20, for example) and matched the
-    quantized PyTorch graph exactly. FP32 graphs lower as with the stock configs.
+    quantized PyTorch graph exactly. ConstantPadConfig allows only fp32 too; its replacement takes
+    the int8 zero pads that `_annotate_zero_pads` writes. FP32 graphs lower as with the stock configs.
     """
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig, SigmoidConfig
