@@ -478,7 +478,7 @@ def _fine_tune(request: QATRunRequest, recipe: QATRecipe, data: QATData, model: 
         _report(reporter, "stage", name=f"resuming after epoch {start_epoch}")
     elif start_scores is not None:
         best = {"epoch": 0, "scores": start_scores}
-        best_state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+        best_state = _state_copy(model)
         if dist_info.is_main:
             _save_state(request.output / BEST_FILE, best_state)
 
@@ -506,7 +506,7 @@ def _fine_tune(request: QATRunRequest, recipe: QATRecipe, data: QATData, model: 
         improved = best is None or _better(scores, best["scores"], data.labelled)
         if improved:
             best = {"epoch": epoch + 1, "scores": scores}
-            best_state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+            best_state = _state_copy(model)
         if dist_info.is_main:
             _save_epoch(request.output, model, optimizer, scheduler, epoch + 1, history, best, best_state, improved)
         _report(reporter, "epoch", **entry, epochs=recipe.epochs, best_epoch=best["epoch"])
@@ -538,6 +538,11 @@ def _better(scores: dict, best: dict, labelled: bool) -> bool:
     value, tie = _metric(scores, labelled)
     best_value, best_tie = _metric(best, labelled)
     return value > best_value or (value == best_value and tie < best_tie)
+
+
+def _state_copy(model: torch.nn.Module) -> dict:
+    """Return a detached CPU copy of the model's state, which later training steps leave unchanged."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
 
 
 def _last_scores(history: list[dict]) -> dict:
