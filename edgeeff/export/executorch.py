@@ -11,6 +11,7 @@ Versions this was written against: torch 2.13.0, executorch 1.5.1, nncf 3.4.0, t
 from __future__ import annotations
 
 import collections
+import contextlib
 from importlib.metadata import version
 
 import numpy as np
@@ -143,9 +144,10 @@ def quantize_for_xnnpack(module: torch.fx.GraphModule, calibration: np.ndarray, 
         # NNCF's default activation ranges average each image's min and max, which clipped
         # outlier images: on a trained B0 the worst image's logit cosine was 0.90, against
         # 0.99 with histogram ranges.
-        quantized = quantize_pt2e(module, quantizer, nncf.Dataset(samples), subset_size=len(samples),
-                                  fast_bias_correction=True if bias_correction else None, smooth_quant=False,
-                                  activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
+        with _without_overflow_fix():
+            quantized = quantize_pt2e(module, quantizer, nncf.Dataset(samples), subset_size=len(samples),
+                                      fast_bias_correction=True if bias_correction else None, smooth_quant=False,
+                                      activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
     elif tool == "torchao":
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -156,6 +158,26 @@ def quantize_for_xnnpack(module: torch.fx.GraphModule, calibration: np.ndarray, 
     else:
         raise ValueError(f"invalid quantization tool {tool!r}: use one of {', '.join(QUANTIZATION_TOOLS)}")
     return quantized
+
+
+@contextlib.contextmanager
+def _without_overflow_fix():
+    """Give the first conv the full int8 weight range [-127, 127] in NNCF's `quantize_pt2e`.
+
+    NNCF (3.4.0) quantizes the weights of the first conv after each input to [-64, 64], its
+    overflow fix for x86 CPUs whose int8 dot product saturates at 16 bits (AVX2 `pmaddubsw`).
+    XNNPACK's int8 kernels sign-extend both operands to 16 bits and accumulate in 32 bits, so
+    they do not saturate there, and the fix would only cost the first conv one bit of precision. `quantize_pt2e` has no parameter for it, so the method that picks the
+    layers to fix returns none while this context is active.
+    """
+    from nncf.quantization.algorithms.min_max.algorithm import MinMaxQuantization
+
+    original = MinMaxQuantization._get_quantization_points_overflow_fix
+    MinMaxQuantization._get_quantization_points_overflow_fix = lambda self, overflow_fix, points, graph: set()
+    try:
+        yield
+    finally:
+        MinMaxQuantization._get_quantization_points_overflow_fix = original
 
 
 def _xnnpack_quantizer(float_classifier: bool = True, int8_silu_se: bool = True):

@@ -10,6 +10,7 @@ Steps, in order:
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import logging
@@ -148,6 +149,24 @@ def float_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 1
     return np.concatenate(outs).astype(np.float32)
 
 
+class Float64Logits:
+    """The float model's logits in float64, computed on first call and kept: the exact reference
+    that FP32 verification falls back to when eager float32 is itself inexact (`verify_artifact`).
+    """
+
+    def __init__(self, model: torch.nn.Module, images: np.ndarray):
+        self._model, self._images, self._logits = model, images, None
+
+    def __call__(self) -> np.ndarray:
+        if self._logits is None:
+            exact = copy.deepcopy(self._model).double().eval()
+            with torch.no_grad():
+                self._logits = np.concatenate([exact(torch.from_numpy(self._images[i:i + 4]).double()).numpy()
+                                               for i in range(0, len(self._images), 4)])
+            del exact
+        return self._logits
+
+
 @dataclass
 class ExportOptions:
     """Choices for one export run; the CLI fills these from its flags."""
@@ -230,11 +249,13 @@ def prepare_data(loaded: LoadedModel, options: ExportOptions, progress=None) -> 
 
 def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray, target: str,
                precision: str, options: ExportOptions, model_meta: dict,
-               bias_plan: BiasCorrectionPlan | None = None) -> ArtifactRecord:
+               bias_plan: BiasCorrectionPlan | None = None,
+               float64_reference: Callable[[], np.ndarray] | None = None) -> ArtifactRecord:
     """Export, verify and publish one artifact; the final name appears only on success.
 
     `bias_plan` says which INT8 targets quantize NNCF's bias-corrected model and how many images
-    the TFLite backend's own correction uses.
+    the TFLite backend's own correction uses. `float64_reference` (see `Float64Logits`) lets an
+    FP32 artifact be checked against exact logits when eager float32 is too far from them.
     """
     bias_plan = bias_plan or BiasCorrectionPlan()
     final = options.output / artifact_name(loaded, precision, target)
@@ -256,7 +277,8 @@ def export_one(loaded: LoadedModel, data: CalibrationData, reference: np.ndarray
             if use_corrected:
                 details.quantization["bias_correction"] = f"nncf, computed on ONNX, {corrected[1]} layers"
             export_seconds = time.perf_counter() - started
-            verification = verify_artifact(tmp, data.holdout, reference, precision, options.fp32_tolerance)
+            verification = verify_artifact(tmp, data.holdout, reference, precision, options.fp32_tolerance,
+                                           float64_reference=float64_reference if precision == "fp32" else None)
             from_qat = options.qat is not None and precision == "int8"
             verification["reference"] = "qat int8 model" if from_qat else "float model"
             if not verification["passed"]:
@@ -323,6 +345,7 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
     try:
         data = prepare_data(loaded, options, progress)
         reference = float_logits(loaded.model, data.holdout)
+        float64_reference = Float64Logits(loaded.model, data.holdout)
         int8_reference = reference
         if options.qat is not None and "int8" in options.precisions:
             int8_reference = options.qat.int8_logits(data.holdout)
@@ -333,7 +356,7 @@ def export_model(loaded: LoadedModel, options: ExportOptions, progress=None,
             for target in options.targets:
                 raise_if_interrupted()
                 record = export_one(loaded, data, int8_reference if precision == "int8" else reference, target,
-                                    precision, options, model_meta, bias_plan)
+                                    precision, options, model_meta, bias_plan, float64_reference)
                 records.append(record)
                 if on_record:
                     on_record(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ from edgeeff.runtime import open_runner
 # the bound is FP32_TOLERANCE × max(1, max |logit|), because float32 rounding error grows with the
 # magnitude of the values summed (untrained models with warmed BatchNorm reach logits of 20–30).
 FP32_TOLERANCE = 1e-4
+
+# When the float32 reference is itself inexact: how far an artifact may sit from the float64
+# logits, as a multiple of eager float32's own distance from them. Runtimes sum in other orders
+# (GEMM tiling, other conv algorithms), so they land a small multiple of eager's rounding error
+# away: 1.5x (onnxruntime) and 2.1x (LiteRT, ExecuTorch) on untrained B6 at 264 px.
+FLOAT64_ERROR_FACTOR = 4.0
 
 
 def compare_logits(logits: np.ndarray, reference: np.ndarray) -> dict:
@@ -36,12 +43,18 @@ def compare_logits(logits: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def verify_artifact(path: str | Path, holdout: np.ndarray, reference: np.ndarray, precision: str,
-                    fp32_tolerance: float = FP32_TOLERANCE, threads: int | None = None) -> dict:
+                    fp32_tolerance: float = FP32_TOLERANCE, threads: int | None = None,
+                    float64_reference: Callable[[], np.ndarray] | None = None) -> dict:
     """Run held-out images through the artifact and compare with the float model's logits.
 
-    FP32 artifacts pass when max |Δlogit| <= `fp32_tolerance` × max(1, max |reference logit|). INT8 artifacts pass when their
-    outputs are finite and of the right shape; their agreement numbers are reported, and the
-    accuracy gate (`edgeeff check`) decides whether they are good enough.
+    FP32 artifacts pass when max |Δlogit| <= `fp32_tolerance` × max(1, max |reference logit|).
+    A deep untrained model can amplify float32 rounding until eager PyTorch itself is that far
+    from exact (untrained B6 at 264 px with BatchNorm warmed on 8 photos: logits near 1100, eager
+    float32 0.63 from float64). So when the first bound fails and `float64_reference` is given,
+    it is called for the same logits in float64, and the artifact passes when it is no further
+    from them than `FLOAT64_ERROR_FACTOR` times eager float32's distance (or the first bound).
+    INT8 artifacts pass when their outputs are finite and of the right shape; their agreement
+    numbers are reported, and the accuracy gate (`edgeeff check`) decides whether they are good enough.
     """
     runner = open_runner(path, threads)
     logits = runner.run_many(holdout.astype(np.float32))
@@ -50,13 +63,26 @@ def verify_artifact(path: str | Path, holdout: np.ndarray, reference: np.ndarray
     if not np.isfinite(logits).all():
         return {"passed": False, "reason": "artifact produced NaN or Inf logits"}
     result = compare_logits(logits, reference)
-    if precision == "fp32":
-        bound = fp32_tolerance * max(1.0, float(np.abs(reference).max()))
-        result["tolerance"] = bound
-        result["passed"] = result["max_abs_logit_diff"] <= bound
-        if not result["passed"]:
-            result["reason"] = (f"max |Δlogit| {result['max_abs_logit_diff']:.2e} exceeds {bound:.1e} "
-                                f"({fp32_tolerance:.0e} × logit scale)")
-    else:
+    if precision != "fp32":
         result["passed"] = True
+        return result
+    bound = fp32_tolerance * max(1.0, float(np.abs(reference).max()))
+    result["tolerance"] = bound
+    result["passed"] = result["max_abs_logit_diff"] <= bound
+    if not result["passed"] and float64_reference is not None:
+        exact = np.asarray(float64_reference(), dtype=np.float64)
+        eager_error = float(np.abs(reference.astype(np.float64) - exact).max())
+        artifact_error = float(np.abs(logits.astype(np.float64) - exact).max())
+        exact_bound = max(bound, FLOAT64_ERROR_FACTOR * eager_error)
+        result["float64_check"] = {"eager_float32_error": eager_error, "artifact_error": artifact_error,
+                                   "tolerance": exact_bound}
+        result["passed"] = artifact_error <= exact_bound
+        if not result["passed"]:
+            result["reason"] = (f"max |Δlogit| {artifact_error:.2e} from the float64 model exceeds {exact_bound:.1e} "
+                                f"({FLOAT64_ERROR_FACTOR:g} × eager float32's {eager_error:.1e}, "
+                                f"or {fp32_tolerance:.0e} × logit scale)")
+        return result
+    if not result["passed"]:
+        result["reason"] = (f"max |Δlogit| {result['max_abs_logit_diff']:.2e} exceeds {bound:.1e} "
+                            f"({fp32_tolerance:.0e} × logit scale)")
     return result

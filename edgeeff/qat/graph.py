@@ -141,17 +141,20 @@ def activation_qspec(learn_ranges: bool):
 
 
 def weight_qspec():
-    """Return the int8 per-channel symmetric weight spec, with the range of the current weights.
+    """Return the int8 per-channel symmetric weight spec, with NNCF's range rule on the current weights.
 
     `averaging_constant=1` makes the moving average the latest min/max, the range NNCF's PTQ
-    and `convert_pt2e` use, instead of a lagging average of past weights.
+    and `convert_pt2e` use, instead of a lagging average of past weights. The observer raises
+    near-zero channels' ranges as NNCF does (see `edgeeff.qat.weight_range`), and the scale
+    floor is float32's machine epsilon, so XNNPACKQuantizer's 2^-12 floor does not apply.
     """
     from torchao.quantization.pt2e.fake_quantize import FakeQuantize
-    from torchao.quantization.pt2e.observer import MovingAveragePerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
-    constructor = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0,
-                                         eps=_SCALE_EPS)
+    from edgeeff.qat.weight_range import NNCFWeightRangeObserver
+
+    constructor = FakeQuantize.with_args(observer=NNCFWeightRangeObserver, averaging_constant=1.0,
+                                         eps=torch.finfo(torch.float32).eps)
     return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
                             ch_axis=0, observer_or_fake_quant_ctr=constructor)
 
