@@ -361,3 +361,21 @@ def test_request_rejects_unknown_precision(tmp_path):
     with pytest.raises(ValueError, match="invalid precision"):
         export_executorch(ExportRequest(build_model("b0"), RESOLUTION, "int4", tmp_path / "x.pte"))
     assert not (tmp_path / "x.pte").exists()
+
+
+def test_first_conv_uses_full_int8_range():
+    """NNCF's x86 overflow fix (first conv weights in [-64, 64]) is off for XNNPACK."""
+    from edgeeff.export.executorch import quantize_for_xnnpack
+    from edgeeff.qat.graph import capture_eval_graph
+
+    model = warmed_model("b0")
+    graph = capture_eval_graph(model, RESOLUTION)
+    quantized = quantize_for_xnnpack(graph, load_photos(IMAGENET, 4, seed=2), bias_correction=False)
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    weights = [getattr(quantized, node.args[0].target) for node in quantized.graph.nodes
+               if node.target == dequantize and node.args[0].op == "get_attr"]
+
+    first = weights[0]
+    assert first.dtype == torch.int8
+    assert first.shape[1] == 3  # the stem conv, on the RGB input
+    assert int(first.abs().max()) == 127

@@ -260,6 +260,9 @@ def test_qat_run_matches_or_beats_ptq(qat_run):
     one_image = 1.0 / images  # top1 is a fraction
     assert accuracy["qat"]["top1"] >= accuracy["ptq"]["top1"] - EXPECTED["max_images_below_ptq"] * one_image - 1e-9
     assert accuracy["qat"]["top1"] >= accuracy["float"]["top1"] - EXPECTED["max_points_below_float"] / 100
+    # The QAT graph starts as NNCF's PTQ graph, and that start competes for the best epoch.
+    assert accuracy["qat_start"]["top1"] == accuracy["ptq"]["top1"]
+    assert accuracy["qat_fake_quant"]["top1"] >= accuracy["ptq"]["top1"]
     assert len(summary["history"]) == EPOCHS
     init = summary["initialization"]
     assert init["unmatched"] == []

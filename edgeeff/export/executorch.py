@@ -165,10 +165,10 @@ def _without_overflow_fix():
     """Give the first conv the full int8 weight range [-127, 127] in NNCF's `quantize_pt2e`.
 
     NNCF (3.4.0) quantizes the weights of the first conv after each input to [-64, 64], its
-    overflow fix for x86 CPUs whose int8 dot product saturates at 16 bits (AVX2 `pmaddubsw`).
-    XNNPACK's int8 kernels sign-extend both operands to 16 bits and accumulate in 32 bits, so
-    they do not saturate there, and the fix would only cost the first conv one bit of precision. `quantize_pt2e` has no parameter for it, so the method that picks the
-    layers to fix returns none while this context is active.
+    overflow fix for x86 CPUs whose int8 multiply-add (`pmaddubsw`) saturates at 16 bits. The
+    .pte runs in XNNPACK, whose int8 weights use the narrow range [-127, 127], so the fix would
+    only cost the first conv one bit of precision. `quantize_pt2e` has no parameter for it, so
+    the method that picks the layers to fix returns none while this context is active.
     """
     from nncf.quantization.algorithms.min_max.algorithm import MinMaxQuantization
 
