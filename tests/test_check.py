@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from edgeeff.check import (CheckInputError, CheckResult, ModelScores, Thresholds, class_mapping,
                            compare_with_baseline, version_changes)
@@ -114,8 +115,9 @@ def test_sqnr_of_known_noise():
 def exported(digits_fixture, tmp_path_factory):
     """Good INT8 artifacts of every available format, an FP32 ONNX twin, and one damaged INT8 TFLite.
 
-    The damaged artifact is calibrated on 2 images: the export keeps one for verification and
-    sets every activation range from the other.
+    The damaged artifact is calibrated on a black image, so every activation range comes from an
+    input with no digit in it (top-1 fell by 21 points on the fixture). Calibrating on one digit
+    instead was not damage enough on every retrained fixture: one lost less than the gate's 0.5.
     """
     from edgeeff.checkpoints import load_checkpoint
     from edgeeff.export.pipeline import ExportOptions, export_model
@@ -132,13 +134,13 @@ def exported(digits_fixture, tmp_path_factory):
                                                       calib=digits_fixture.train_dir, calib_size=64, verify_size=8))
     assert [r.error for r in records if not r.ok] == []
 
-    two_images = tmp_path_factory.mktemp("two-images")
-    for digit in ("1", "7"):
-        first = sorted((digits_fixture.train_dir / digit).iterdir())[0]
-        shutil.copy(first, two_images / f"{digit}-{first.name}")
+    black = tmp_path_factory.mktemp("black")
+    size = Image.open(sorted((digits_fixture.train_dir / "1").iterdir())[0]).size
+    for name in ("calibration.png", "verification.png"):
+        Image.new("RGB", size).save(black / name)
     damaged_dir = tmp_path_factory.mktemp("damaged")
     damaged = export_model(loaded, ExportOptions(targets=["tflite"], precisions=["int8"], output=damaged_dir,
-                                                 calib=two_images, calib_size=1, verify_size=1,
+                                                 calib=black, calib_size=1, verify_size=1,
                                                  bias_correction=False))
     assert damaged[0].ok, damaged[0].error
     return {"good": {(r.target, r.precision): r.path for r in records}, "damaged": damaged[0].path}
@@ -229,7 +231,7 @@ def test_baseline_update_then_regression(digits_fixture, exported, tmp_path):
     damaged_copy = tmp_path / good.name
     shutil.copy(exported["damaged"], damaged_copy)
     shutil.copy(exported["damaged"].with_name(exported["damaged"].name + ".json"), tmp_path / f"{good.name}.json")
-    regressed = gate(digits_fixture, damaged_copy, extra=["--max-drop", "10", "--max-baseline-drop", MAX_DROP,
+    regressed = gate(digits_fixture, damaged_copy, extra=["--max-drop", "50", "--max-baseline-drop", MAX_DROP,
                                                           "--baseline", baseline, "--layer-images", "0"])
     assert regressed.exit_code == 1, regressed.output
     assert f"FAILED {good.name}: top-1" in regressed.output

@@ -121,3 +121,10 @@ def test_same_padding_model_runs_odd_sizes():
 
 def test_all_variants_listed():
     assert set(VARIANTS) == {f"b{i}" for i in range(8)} | {f"lite{i}" for i in range(5)}
+
+
+def test_same_padding_counts_the_same_macs():
+    """TensorFlow "same" padding calls F.conv2d with the conv's weight; its MACs still count."""
+    symmetric = count_macs(build_model("lite0", padding="symmetric"), 224)
+    same = count_macs(build_model("lite0", padding="same"), 224)
+    assert same == symmetric

@@ -28,13 +28,21 @@ def count_macs(model: nn.Module, resolution: int) -> int:
         k = module.kernel_size[0] * module.kernel_size[1]
         total += output.numel() * (module.in_channels // module.groups) * k
 
+    def on_same_conv(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        # TensorFlow "same" padding runs the conv's weight through F.conv2d, so the conv module's
+        # own hook never fires. BatchNorm and the activation keep the shape, so the block's
+        # output has the conv's output shape.
+        on_conv(module.conv, _inputs, output)
+
     def on_linear(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
         nonlocal total
         total += output.numel() * module.in_features
 
     hooks = []
     for m in meta.modules():
-        if isinstance(m, nn.Conv2d):
+        if getattr(m, "padding_mode", None) == "same" and isinstance(getattr(m, "conv", None), nn.Conv2d):
+            hooks.append(m.register_forward_hook(on_same_conv))
+        elif isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(on_conv))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(on_linear))
