@@ -40,7 +40,7 @@ def predict(artifact: str | Path, images: list[str | Path], top_k: int = 5, thre
     for image_path in images:
         image_path = Path(image_path)
         if not image_path.is_file():
-            raise FileNotFoundError(f"image not found: {image_path}")
+            raise FileNotFoundError(f"image not found: {image_path}; pass the path of a jpg, png, webp or bmp file")
         batch = preprocessing(open_rgb(image_path), resolution)[None]
         probs = softmax(runner.run(batch.astype(np.float32))[0].astype(np.float64))
         order = np.argsort(-probs)[:top_k]

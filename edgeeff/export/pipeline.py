@@ -238,7 +238,11 @@ def prepare_data(loaded: LoadedModel, options: ExportOptions, progress=None) -> 
     if data.skipped:
         log.warning("skipped %d unreadable image files in %s (first: %s)", len(data.skipped), data.source,
                     data.skipped[0])
-    if data.upscaled:
+    if data.upscaled and options.calib is None:
+        # The bundled photos include crops below 224 px on purpose; a user can do nothing about them.
+        log.info("%d of the %d bundled photos are smaller than %d px and were upscaled", len(data.upscaled), used,
+                 loaded.resolution)
+    elif data.upscaled:
         log.warning("%d of %d images in %s are smaller than %d px and were upscaled (first: %s); calibrate with "
                     "images at least as large as the model input", len(data.upscaled), used, data.source,
                     loaded.resolution, data.upscaled[0])
