@@ -206,8 +206,8 @@ def render(results: dict) -> str:
              f"Fixture: scikit-learn's handwritten digits as 32 px RGB, EfficientNet-B0 trained from scratch by "
              f"`edgeeff.datasets.digits` ({results['train_images']} training and {results['val_images']} validation "
              f"images; one validation image is {100 / results['val_images']:.2f} points). The fixture is trained "
-             "on first use and cached, and training is not bit-reproducible across machines, so its float "
-             "accuracy differs between caches (96.38 and 98.33 seen). "
+             "on first use and cached, and two trainings of it on this machine kind gave different float "
+             "accuracy (96.38 and 98.33). "
              f"Recipe `recipes/qat/digits.yaml` ({results['recipe_summary']}), seeds {', '.join(map(str, seeds))}. "
              "Top-1 on the validation split, in percent; mean, population standard deviation and the value per seed.",
              "",
