@@ -70,7 +70,8 @@ def _table(records):
 @click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True,
               help="Images used for INT8 calibration.")
 @click.option("--verify-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Held-out images used to verify each artifact against the float model.")
+              help="Held-out images used to verify each artifact against the float model; at most a fifth "
+                   "of the calibration folder, so that most of it stays for calibration.")
 @click.option("--arch", type=click.Choice(["x86", "arm"]), help="Target CPU family for ONNX INT8 activations "
               "(uint8 on x86, int8 on Arm). Default: this host.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="artifacts", show_default=True,

@@ -161,7 +161,8 @@ Exit codes:
 @click.option("--calib-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Calibration images per export; enough for latency, not for shipping INT8 ranges.")
 @click.option("--verify-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Held-out images that verify each export against the float model.")
+              help="Held-out images that verify each export against the float model; at most a fifth of "
+                   "the calibration folder.")
 @click.option("--arch", type=click.Choice(["x86", "arm"]), help="CPU family for ONNX INT8 activations "
               "(default: the device's).")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
