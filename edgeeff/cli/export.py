@@ -42,10 +42,10 @@ def _graph_summary(sidecar: dict) -> str:
     return "; ".join(parts)
 
 
-def _table(records):
+def _table(records, output):
     from rich.table import Table
 
-    table = Table(title="edgeeff export")
+    table = Table(title=f"edgeeff export → {output}")
     for column in ("target", "precision", "status", "artifact", "size", "verification", "graph", "time"):
         table.add_column(column)
     for r in records:
@@ -133,7 +133,7 @@ def export_command(model, phi, alpha, beta, gamma, lite, checkpoint, checkpoint_
         print_json([r.sidecar if r.ok else {"target": r.target, "precision": r.precision, "error": r.error}
                     for r in records])
     else:
-        stdout.print(_table(records))
+        stdout.print(_table(records, options.output))
         if not loaded.trained:
             stdout.print("[bold red]UNTRAINED WEIGHTS[/]: verification numbers compare with an untrained float model; "
                          "they say nothing about accuracy.")
