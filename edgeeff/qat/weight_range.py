@@ -4,8 +4,7 @@ NNCF (3.4.0) quantizes a weight per output channel and symmetrically: scale = m 
 is the channel's largest magnitude. Channels that are almost zero would get a scale near zero,
 so NNCF raises m to at least 1% of the largest m of the whole tensor, and to at least 8e-5
 (`fix_zero_filters_symmetric`). XNNPACKQuantizer's observers instead keep every scale at or
-above 2^-12, a floor that is far too high for small weights and far too low for a tensor with
-one dead channel among large ones.
+above 2^-12, one absolute floor, so the two rules give different scales to near-zero channels.
 
 `NNCFWeightRangeObserver` applies NNCF's rule to the current weights, so the QAT graph before
 training quantizes every weight as NNCF's PTQ model does, and `convert_pt2e` writes the same
