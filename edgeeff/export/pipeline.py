@@ -144,9 +144,12 @@ def warm_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int =
 
 
 @torch.no_grad()
-def float_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    outs = [model(torch.from_numpy(images[i:i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
-    return np.concatenate(outs).astype(np.float32)
+def float_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 16,
+                 dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Run `images` through `model` in batches, with inputs cast to `dtype`, and return the logits in that dtype."""
+    outs = [model(torch.from_numpy(images[i:i + batch_size]).to(dtype)).numpy()
+            for i in range(0, len(images), batch_size)]
+    return np.concatenate(outs).astype(torch.empty(0, dtype=dtype).numpy().dtype)
 
 
 class Float64Logits:
@@ -160,10 +163,7 @@ class Float64Logits:
     def __call__(self) -> np.ndarray:
         if self._logits is None:
             exact = copy.deepcopy(self._model).double().eval()
-            with torch.no_grad():
-                self._logits = np.concatenate([exact(torch.from_numpy(self._images[i:i + 4]).double()).numpy()
-                                               for i in range(0, len(self._images), 4)])
-            del exact
+            self._logits = float_logits(exact, self._images, batch_size=4, dtype=torch.float64)
         return self._logits
 
 
